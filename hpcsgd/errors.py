@@ -1,0 +1,17 @@
+"""Errors that carry a user-facing message.
+
+A ``UserError`` is a mistake in what the user gave us (config, data, checkpoint).
+The CLI prints its message as one line and exits with status 2 on every rank.
+"""
+
+
+class UserError(Exception):
+    """Bad user input: one clear line, exit status 2, no traceback."""
+
+    exit_code = 2
+
+
+class DivergenceError(Exception):
+    """Training produced a non-finite loss or gradient."""
+
+    exit_code = 3
