@@ -1,0 +1,3 @@
+from hpcsgd.cli import main
+
+main()

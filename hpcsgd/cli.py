@@ -1,0 +1,111 @@
+"""Command line: ``hpcsgd prepare | train | resume | inspect | plot``.
+
+``train`` and ``resume`` run on every rank of ``mpiexec``; the others are serial.
+A ``UserError`` prints one line and exits 2 (on every rank); any other exception on
+any rank prints its traceback and aborts the whole MPI job, so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _pin_threads() -> None:
+    # Must happen before NumPy/Numba start their thread pools: one rank per core is the
+    # usual layout, so each rank gets SLURM_CPUS_PER_TASK threads (default 1).
+    n = os.environ.get("SLURM_CPUS_PER_TASK") or "1"
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, n)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hpcsgd", description="Distributed SGD methods on one MPI engine.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("prepare", help="write a prepared data set into data/")
+    pr.add_argument("name", help="digits, breast_cancer, mnist5k, synth_lsq, synth_hetlogistic, libsvm:PATH")
+    pr.add_argument("--out", help="output file (default data/NAME.h5)")
+    pr.add_argument("--data-dir", default="data")
+    pr.add_argument("--n", type=int, help="synthetic sets: number of rows")
+    pr.add_argument("--d", type=int, help="synthetic sets: number of features")
+    pr.add_argument("--noise", type=float, help="synth_lsq: noise standard deviation")
+    pr.add_argument("--groups", type=int, help="synth_hetlogistic: number of shifted groups")
+    pr.add_argument("--seed", type=int, default=0, help="generation and train/test split seed")
+
+    for name, target, what in (("train", "config", "TOML configuration file"),
+                               ("resume", "path", "run directory or checkpoint file")):
+        t = sub.add_parser(name, help=f"{name} a job (run under mpiexec -n M+1)")
+        t.add_argument(target, help=what)
+        t.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                       help="override one configuration key (repeatable)")
+        t.add_argument("--quiet", action="store_true", help="no progress lines")
+
+    i = sub.add_parser("inspect", help="summarise a checkpoint")
+    i.add_argument("path", help="checkpoint file or run directory")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    pl = sub.add_parser("plot", help="plot one or more runs into a PNG")
+    pl.add_argument("paths", nargs="+", help="checkpoint files or run directories")
+    pl.add_argument("-o", "--out", required=True, help="output PNG")
+    pl.add_argument("--label", action="append", help="legend label per run (repeatable)")
+    return p
+
+
+def _serial(args) -> int:
+    if args.command == "prepare":
+        from hpcsgd.data import prepare
+        from pathlib import Path
+        path = prepare(args.name, args.out, n=args.n, d=args.d, noise=args.noise, groups=args.groups,
+                       seed=args.seed, data_dir=Path(args.data_dir))
+        print(f"wrote {path}")
+        return 0
+    if args.command == "inspect":
+        from hpcsgd.inspect import main_inspect
+        return main_inspect(args.path, args.json)
+    if args.command == "plot":
+        from hpcsgd.plot import plot_runs
+        out = plot_runs(args.paths, args.out, labels=args.label)
+        print(f"wrote {out}")
+        return 0
+    raise AssertionError(args.command)
+
+
+def _parallel(args) -> int:
+    from mpi4py import MPI
+    from hpcsgd import run
+    comm = MPI.COMM_WORLD
+    if args.command == "train":
+        return run.train(comm, args.config, args.set, quiet=args.quiet)
+    return run.resume(comm, args.path, args.set, quiet=args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _pin_threads()
+    args = _parser().parse_args(argv)
+    from hpcsgd.errors import UserError
+    parallel = args.command in ("train", "resume")
+    try:
+        status = _parallel(args) if parallel else _serial(args)
+    except UserError as exc:
+        print(f"hpcsgd: error: {exc}", file=sys.stderr, flush=True)
+        status = exc.exit_code
+    except KeyboardInterrupt:
+        status = 130
+    except BaseException:
+        if not parallel:
+            raise
+        import traceback
+        from mpi4py import MPI
+        traceback.print_exc()
+        sys.stderr.flush()
+        # One rank's failure must end the job, not leave the others waiting forever.
+        MPI.COMM_WORLD.Abort(1)
+    if argv is None:
+        sys.exit(status)
+    return status
+
+
+if __name__ == "__main__":
+    main()

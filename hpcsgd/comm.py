@@ -1,0 +1,171 @@
+"""Message layouts between the master (rank 0) and the workers, and polite waiting.
+
+Every per-update message is one float64 buffer ``[header | payload]`` sent with the
+upper-case (buffer) mpi4py API.  Integers in headers (versions, counts) are exact in
+float64 up to 2**53.  Master -> worker messages all travel from rank 0 and the worker
+receives them with ``ANY_TAG``, so it sees them in the order they were sent.
+
+Less frequent exchanges (set-up, checkpoints) move trees of arrays and strings with
+``send_tree``/``recv_tree``: a JSON description in a uint8 buffer, then one buffer per
+array.  Nothing here pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from mpi4py import MPI
+
+# master -> worker
+TAG_JOB = 1         # [JOB header | params]: compute a gradient
+TAG_EVAL = 2        # [JOB header | params]: evaluate full train and test metrics
+TAG_STATE_GET = 3   # [JOB header]: send your state tree back (TAG_TREE)
+TAG_STATE_SET = 4   # [JOB header], then a tree on TAG_TREE: load this state
+TAG_STOP = 5        # [JOB header]: leave the worker loop
+# worker -> master
+TAG_RESULT = 11     # [RESULT header | gradient]
+TAG_EVAL_RESULT = 12
+TAG_TREE = 13
+
+# Job header fields (master -> worker).  A job is identified by its place in the
+# worker's FIFO, so one buffer can be sent to every worker at the same version.
+J_VERSION, J_BATCH, J_FLAGS = range(3)
+JOB_HEADER = 3
+FLAG_PREEMPTIBLE = 1  # any newer message from the master makes this job obsolete
+
+# Result header fields (worker -> master).
+(R_VERSION, R_BATCH, R_SAMPLES, R_DURATION, R_COMPUTE_S, R_LOSS_SUM, R_ABANDONED) = range(7)
+RESULT_HEADER = 7
+
+# Evaluation reply: sums over the worker's rows, then the gradient sum over train rows.
+(E_TRAIN_LOSS, E_TRAIN_N, E_TRAIN_CORRECT, E_TEST_LOSS, E_TEST_N, E_TEST_CORRECT) = range(6)
+EVAL_HEADER = 6
+
+
+def job_buffer(params: np.ndarray | None, version: int, batch: int, flags: int = 0) -> np.ndarray:
+    d = 0 if params is None else params.size
+    buf = np.empty(JOB_HEADER + d, dtype=np.float64)
+    buf[J_VERSION], buf[J_BATCH], buf[J_FLAGS] = version, batch, flags
+    if params is not None:
+        buf[JOB_HEADER:] = params
+    return buf
+
+
+class Backoff:
+    """Spin briefly, then sleep with growing intervals, so an idle rank yields its core.
+
+    MPICH's blocking waits poll at full speed; with more ranks than cores that steals
+    time from the ranks doing real work.  A short spin keeps latency low when replies
+    are imminent.
+    """
+
+    def __init__(self, spin_seconds: float = 50e-6, max_sleep: float = 1e-3):
+        self.spin_seconds = spin_seconds
+        self.max_sleep = max_sleep
+        self.reset()
+
+    def reset(self) -> None:
+        self.started = None
+        self.sleep = 10e-6
+
+    def wait(self) -> None:
+        now = time.perf_counter()
+        if self.started is None:
+            self.started = now
+        if now - self.started < self.spin_seconds:
+            return
+        time.sleep(self.sleep)
+        self.sleep = min(self.sleep * 2.0, self.max_sleep)
+
+
+def wait_all(requests: list[MPI.Request]) -> None:
+    backoff = Backoff()
+    while not MPI.Request.Testall(requests):
+        backoff.wait()
+
+
+def recv_sized(comm: MPI.Comm, source: int, tag: int, dtype=np.float64) -> tuple[np.ndarray, MPI.Status]:
+    """Receive a message of unknown length (probe with back-off, then receive)."""
+    status = MPI.Status()
+    backoff = Backoff()
+    while not comm.Iprobe(source=source, tag=tag, status=status):
+        backoff.wait()
+    count = status.Get_count(MPI.BYTE) // np.dtype(dtype).itemsize
+    buf = np.empty(count, dtype=dtype)
+    comm.Recv(buf, source=status.Get_source(), tag=status.Get_tag())
+    return buf, status
+
+
+# ---------------------------------------------------------------- trees of arrays
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for name, value in tree.items():
+        path = f"{prefix}/{name}" if prefix else str(name)
+        if isinstance(value, dict):
+            flat.update(flatten(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
+def unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def send_tree(comm: MPI.Comm, dest: int, tree: dict, tag: int = TAG_TREE) -> None:
+    """Send a nested dict of arrays and JSON-able scalars without pickle."""
+    flat = flatten(tree)
+    arrays = {k: np.ascontiguousarray(v) for k, v in flat.items() if isinstance(v, np.ndarray)}
+    meta = {
+        "scalars": {k: (v.item() if isinstance(v, np.generic) else v)
+                    for k, v in flat.items() if not isinstance(v, np.ndarray)},
+        "arrays": [[k, a.dtype.str, list(a.shape)] for k, a in arrays.items()],
+    }
+    comm.Send(np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), dest=dest, tag=tag)
+    for a in arrays.values():
+        comm.Send(a.reshape(-1).view(np.uint8), dest=dest, tag=tag)
+
+
+def recv_tree(comm: MPI.Comm, source: int, tag: int = TAG_TREE) -> dict:
+    raw, _ = recv_sized(comm, source, tag, dtype=np.uint8)
+    meta = json.loads(raw.tobytes().decode())
+    flat = dict(meta["scalars"])
+    for name, dtype, shape in meta["arrays"]:
+        a = np.empty(shape, dtype=np.dtype(dtype))
+        comm.Recv(a.reshape(-1).view(np.uint8), source=source, tag=tag)
+        flat[name] = a
+    return unflatten(flat)
+
+
+def bcast_text(comm: MPI.Comm, text: str | None, root: int = 0) -> str:
+    data = np.frombuffer(text.encode(), dtype=np.uint8) if comm.Get_rank() == root else None
+    n = np.array([0 if data is None else data.size], dtype=np.int64)
+    comm.Bcast(n, root=root)
+    buf = data.copy() if data is not None else np.empty(int(n[0]), dtype=np.uint8)
+    comm.Bcast(buf, root=root)
+    return buf.tobytes().decode()
+
+
+def first_error(comm: MPI.Comm, message: str | None) -> str | None:
+    """Collective: every rank learns the first error any rank hit (lowest rank wins).
+
+    Every rank must call this at the same point, with None when it is fine, so that a
+    bad file seen by one worker stops all ranks at once instead of hanging the others.
+    """
+    mine = np.array([1 if message else 0], dtype=np.int64)
+    flags = np.empty(comm.Get_size(), dtype=np.int64)
+    comm.Allgather(mine, flags)
+    if not flags.any():
+        return None
+    root = int(np.argmax(flags))
+    return bcast_text(comm, message if comm.Get_rank() == root else None, root=root)

@@ -1,0 +1,234 @@
+"""Run configuration: one TOML file, six tables, every key typed and documented.
+
+``load_config(path, overrides)`` returns the *resolved* configuration, a plain dict of
+dicts holding every key (defaults filled in).  It is stored as JSON in every checkpoint,
+so a resumed run knows exactly what it was.  Unknown keys, wrong types and values
+outside the allowed set are ``UserError``s that name the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcsgd.errors import UserError
+
+
+@dataclass(frozen=True)
+class Key:
+    default: Any
+    type: type | tuple[type, ...]
+    doc: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    positive: bool = False
+
+
+# Table -> key -> Key.  This is the single source of truth: validation, defaults,
+# `--set` parsing and the README reference all read it.
+SCHEMA: dict[str, dict[str, Key]] = {
+    "run": {
+        "out": Key("", str, "run directory; empty means runs/<config file stem>"),
+        "seed": Key(0, int, "master seed; every rank's random streams derive from it", minimum=0),
+        "clock": Key("wall", str, "wall (real time, real sleeps) or simulated (reproducible event order)",
+                     choices=("wall", "simulated")),
+        "epochs": Key(10, int, "stop after every worker passed this many times over its shard (0 = no limit)",
+                      minimum=0),
+        "max_updates": Key(0, int, "stop after this many model updates (0 = no limit)", minimum=0),
+        "checkpoint_every": Key(0, int, "updates between checkpoints (0 = only at the end)", minimum=0),
+        "keep_checkpoints": Key(3, int, "how many checkpoint files to keep", minimum=1),
+        "eval_every": Key(0, int, "updates between evaluations (0 = about 20 per run)", minimum=0),
+        "progress_every": Key(5.0, (int, float), "seconds between progress lines (0 = never)", minimum=0),
+        "threads": Key(0, int, "Numba/BLAS threads per rank (0 = SLURM_CPUS_PER_TASK or 1)", minimum=0),
+    },
+    "data": {
+        "source": Key("digits", str, "prepared set name (digits, mnist5k, ...) or path to an .h5 file"),
+        "dir": Key("data", str, "where prepared set names are looked up"),
+        "partition": Key("iid", str, "how training rows are split across workers",
+                         choices=("iid", "contiguous", "shards", "dirichlet")),
+        "alpha": Key(0.5, (int, float), "Dirichlet concentration for partition = dirichlet", positive=True),
+    },
+    "model": {
+        "kind": Key("softmax", str, "model", choices=("logistic", "softmax", "least_squares", "mlp")),
+        "hidden": Key(32, int, "hidden units of the mlp", minimum=1),
+        "l2": Key(0.0, (int, float), "l2 regulariser (l2/2)*||w||^2, part of the objective", minimum=0),
+        "nonconvex": Key(0.0, (int, float), "nonconvex regulariser lambda*sum w^2/(1+w^2)", minimum=0),
+        "l1": Key(0.0, (int, float), "l1 regulariser, applied by a proximal step at the master", minimum=0),
+        "init": Key("default", str, "initial parameters", choices=("default", "zeros", "ones", "normal")),
+        "init_scale": Key(0.01, (int, float), "standard deviation for init = normal", positive=True),
+    },
+    "method": {
+        "kind": Key("sync", str, "update rule", choices=("sync", "fastest_k")),
+        "lr": Key(0.1, (int, float), "step size", positive=True),
+        "momentum": Key(0.0, (int, float), "heavy-ball momentum at the master (0 = plain SGD)", minimum=0),
+        "k": Key(0, int, "replies waited for by fastest_k (0 = all workers)", minimum=0),
+    },
+    "order": {
+        "kind": Key("rr", str, "per-worker example order", choices=("rr", "so")),
+        "batch": Key(16, int, "examples per worker per step (B)", minimum=1),
+        "record_history": Key(False, bool, "store every epoch's orders in /order/history"),
+    },
+    "stragglers": {
+        "model": Key("none", str, "delay distribution",
+                     choices=("none", "fixed", "exp", "shifted_exp", "gamma", "normal", "uniform", "poisson")),
+        "comm_mean": Key(0.0, (int, float), "mean communication time per job, seconds", minimum=0),
+        "compute_mean": Key(0.0, (int, float), "mean computation time per sample, seconds", minimum=0),
+        "offset": Key(0.0, (int, float), "constant added to every drawn delay, seconds", minimum=0),
+        "shape": Key(2.0, (int, float), "gamma shape per sample (Erlang when integer)", positive=True),
+        "shift": Key(0.5, (int, float), "shifted_exp: fraction of the mean that is deterministic",
+                     minimum=0),
+        "cv": Key(1.0, (int, float), "normal: standard deviation / mean", minimum=0),
+        "speeds": Key("equal", str, "equal, or linear (worker i has i times the base means)",
+                      choices=("equal", "linear")),
+        "slow_workers": Key([], list, "worker ranks (1..M) slowed by slow_factor"),
+        "slow_factor": Key(1.0, (int, float), "multiplier on the means of slow_workers", positive=True),
+    },
+}
+
+TABLES = tuple(SCHEMA)
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    return {t: {k: copy.deepcopy(key.default) for k, key in keys.items()} for t, keys in SCHEMA.items()}
+
+
+def _type_name(t) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list"}
+    if isinstance(t, tuple):
+        return "a number" if set(t) == {int, float} else " or ".join(names[x] for x in t)
+    return names[t]
+
+
+def _check_value(table: str, name: str, value: Any) -> Any:
+    key = SCHEMA[table][name]
+    where = f"{table}.{name}"
+    # bool is an int subclass in Python; never accept it for numbers (or vice versa).
+    wants = key.type if isinstance(key.type, tuple) else (key.type,)
+    ok = isinstance(value, wants) and not (isinstance(value, bool) and bool not in wants)
+    if not ok:
+        raise UserError(f"config: {where} must be {_type_name(key.type)}, got {value!r}")
+    if key.choices is not None and value not in key.choices:
+        allowed = ", ".join(key.choices)
+        raise UserError(f"config: {where} = {value!r} is not allowed (allowed: {allowed})")
+    if key.minimum is not None and value < key.minimum:
+        raise UserError(f"config: {where} = {value!r} must be >= {key.minimum}")
+    if key.positive and not value > 0:
+        raise UserError(f"config: {where} = {value!r} must be > 0")
+    if float in wants and isinstance(value, int):
+        value = float(value)
+    return value
+
+
+def merge(base: dict, table: str, name: str, value: Any) -> None:
+    if table not in SCHEMA:
+        raise UserError(f"config: unknown table [{table}] (allowed: {', '.join(TABLES)})")
+    if name not in SCHEMA[table]:
+        allowed = ", ".join(SCHEMA[table])
+        raise UserError(f"config: unknown key {table}.{name} (allowed in [{table}]: {allowed})")
+    base[table][name] = _check_value(table, name, value)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse ``table.key=value``; the value is read as a TOML literal, else as a string."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected table.key=value")
+    dotted, raw = text.split("=", 1)
+    parts = dotted.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"--set {text!r}: the key must look like table.key (e.g. run.epochs)")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts[0], parts[1], value
+
+
+def resolve(raw: dict, overrides: list[str] = (), origin: str = "config") -> dict:
+    """Fill defaults, apply ``--set`` overrides and validate; returns the resolved config."""
+    cfg = defaults()
+    for table, body in raw.items():
+        if not isinstance(body, dict):
+            raise UserError(f"{origin}: {table!r} must be a table like [{table}] "
+                            f"(allowed tables: {', '.join(TABLES)})")
+        for name, value in body.items():
+            merge(cfg, table, name, value)
+    for text in overrides:
+        merge(cfg, *parse_override(text))
+    _check_cross(cfg)
+    return cfg
+
+
+def _check_cross(cfg: dict) -> None:
+    slow = cfg["stragglers"]["slow_workers"]
+    if not all(isinstance(j, int) and not isinstance(j, bool) and j >= 1 for j in slow):
+        raise UserError(f"config: stragglers.slow_workers must list worker ranks >= 1, got {slow!r}")
+    if cfg["run"]["epochs"] == 0 and cfg["run"]["max_updates"] == 0:
+        raise UserError("config: run.epochs and run.max_updates are both 0; set at least one stopping rule")
+
+
+def check_world(cfg: dict, n_workers: int) -> None:
+    """Checks that need the number of workers (world size - 1)."""
+    if n_workers < 1:
+        raise UserError("hpcsgd needs at least 2 MPI ranks (rank 0 is the master, ranks 1..M are "
+                        "workers); launch with: mpiexec -n M+1 hpcsgd train CONFIG.toml")
+    k = cfg["method"]["k"]
+    if k > n_workers:
+        raise UserError(f"config: method.k = {k} exceeds the number of workers M = {n_workers} "
+                        f"(allowed: 1..{n_workers}, or 0 for all)")
+    bad = [j for j in cfg["stragglers"]["slow_workers"] if j > n_workers]
+    if bad:
+        raise UserError(f"config: stragglers.slow_workers {bad} are not worker ranks "
+                        f"(allowed: 1..{n_workers})")
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"config file {path} not found") from None
+    except OSError as exc:
+        raise UserError(f"config file {path}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config file {path}: invalid TOML: {exc}") from None
+    cfg = resolve(raw, overrides, origin=str(path))
+    if not cfg["run"]["out"]:
+        cfg["run"]["out"] = str(Path("runs") / path.stem)
+    return cfg
+
+
+def to_json(cfg: dict) -> str:
+    return json.dumps(cfg, sort_keys=True)
+
+
+def from_json(text: str) -> dict:
+    return json.loads(text)
+
+
+# Keys that may change when a run is resumed: how long it runs and how it reports.
+# Everything else defines the trajectory and must match the checkpoint.
+RESUMABLE_KEYS = {
+    ("run", "epochs"), ("run", "max_updates"), ("run", "checkpoint_every"),
+    ("run", "keep_checkpoints"), ("run", "progress_every"), ("run", "threads"),
+    ("run", "out"), ("data", "dir"),
+}
+
+
+def resume_config(stored: dict, overrides: list[str]) -> dict:
+    """The stored config with ``--set`` overrides limited to RESUMABLE_KEYS."""
+    cfg = copy.deepcopy(stored)
+    for text in overrides:
+        table, name, value = parse_override(text)
+        if (table, name) not in RESUMABLE_KEYS and table in SCHEMA and name in SCHEMA[table]:
+            allowed = ", ".join(f"{t}.{k}" for t, k in sorted(RESUMABLE_KEYS))
+            raise UserError(f"--set {table}.{name}: cannot change on resume, it defines the "
+                            f"trajectory (changeable: {allowed})")
+        merge(cfg, table, name, value)
+    _check_cross(cfg)
+    return cfg

@@ -1,0 +1,189 @@
+"""Set up and run one job on every rank: ``train`` (fresh) and ``resume``.
+
+Set-up is collective and careful: every step that can fail on bad input runs on every
+rank and is followed by ``first_error``, so a bad file seen by one worker stops all
+ranks with the same one-line message (exit 2) instead of leaving the others waiting.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcsgd import checkpoint
+from hpcsgd import comm as C
+from hpcsgd.config import check_world, from_json, load_config, resume_config, to_json
+from hpcsgd.data import open_dataset, partition, read_labels, read_rows, split_even
+from hpcsgd.errors import UserError
+from hpcsgd.master import Master
+from hpcsgd.methods import make_method
+from hpcsgd.models import make_model
+from hpcsgd.ordering import EpochCursor, make_ordering
+from hpcsgd.stragglers import STREAM_DELAY, STREAM_INIT, DelayModel, make_stream
+from hpcsgd.worker import Worker
+
+
+def _collective(comm: MPI.Comm, fn, *args):
+    """Run ``fn`` on this rank; if any rank raised UserError, every rank raises it."""
+    value, message = None, None
+    try:
+        value = fn(*args)
+    except UserError as exc:
+        message = str(exc)
+    first = C.first_error(comm, message)
+    if first is not None:
+        raise UserError(first)
+    return value
+
+
+def _check_slurm(comm: MPI.Comm) -> None:
+    ntasks = os.environ.get("SLURM_NTASKS")
+    if ntasks and ntasks.isdigit() and int(ntasks) != comm.Get_size():
+        raise UserError(
+            f"MPI world size is {comm.Get_size()} but SLURM_NTASKS is {ntasks}: the ranks did not "
+            "start as one MPI job (plain srun without PMI starts singletons); launch with "
+            "'mpiexec -n $SLURM_NTASKS hpcsgd ...' or 'srun --mpi=pmi2 hpcsgd ...'")
+
+
+def _default_eval_every(cfg: dict, sizes: list[int], n_workers: int) -> int:
+    """About 20 evaluations over the run, fixed once so resumed runs keep the cadence."""
+    b = cfg["order"]["batch"]
+    per_epoch = max(math.ceil(n / b) for n in sizes)
+    total = cfg["run"]["max_updates"] or cfg["run"]["epochs"] * per_epoch
+    if cfg["run"]["epochs"]:
+        total = min(total, cfg["run"]["epochs"] * per_epoch)
+    return max(1, total // 20)
+
+
+def _setup(comm: MPI.Comm, cfg: dict):
+    """Data, partition and model on every rank; workers read only their own rows."""
+    rank, M = comm.Get_rank(), comm.Get_size() - 1
+    check_world(cfg, M)
+    info = open_dataset(cfg["data"]["source"], Path(cfg["data"]["dir"]))
+    if cfg["model"]["kind"] == "logistic" and info.task != "binary":
+        raise UserError(f"config: model.kind = 'logistic' needs a binary data set; "
+                        f"{info.name} is {info.task} (use softmax)")
+    if cfg["model"]["kind"] == "least_squares" and info.task != "regression" and info.n_classes > 2:
+        raise UserError(f"config: model.kind = 'least_squares' needs regression or binary labels; "
+                        f"{info.name} is {info.task}")
+    if cfg["model"]["kind"] in ("softmax", "mlp", "logistic") and info.task == "regression":
+        raise UserError(f"config: model.kind = {cfg['model']['kind']!r} needs class labels; "
+                        f"{info.name} is a regression set (use least_squares)")
+    labels = read_labels(info, "train")
+    parts = partition(labels, M, cfg["data"]["partition"], cfg["run"]["seed"],
+                      alpha=cfg["data"]["alpha"], task=info.task)
+    n_classes = max(info.n_classes, 2) if info.task != "regression" else 1
+    model = make_model(cfg["model"]["kind"], info.n_features, n_classes, hidden=cfg["model"]["hidden"],
+                       l2=cfg["model"]["l2"], nonconvex=cfg["model"]["nonconvex"])
+    sizes = [len(p) for p in parts]
+    local = None
+    if rank > 0:
+        X, y = read_rows(info, "train", parts[rank - 1])
+        test = split_even(info.n_test, M)[rank - 1]
+        X_test, y_test = read_rows(info, "test", test)
+        local = (X, y, X_test, y_test)
+    return model, sizes, local
+
+
+def _check_resumable(cfg: dict, tree: dict, world_size: int, path: Path) -> None:
+    if int(tree["world_size"]) != world_size:
+        raise UserError(f"checkpoint {path} was written by {tree['world_size']} ranks, this job has "
+                        f"{world_size}; resume with mpiexec -n {tree['world_size']}")
+
+
+def _threads(cfg: dict) -> None:
+    n = cfg["run"]["threads"] or int(os.environ.get("SLURM_CPUS_PER_TASK", "1") or 1)
+    try:
+        import numba
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+    except (ImportError, ValueError):
+        pass
+
+
+def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
+            resume_path: Path | None = None, quiet: bool = False) -> int:
+    """Run a job on every rank of ``comm``; ``cfg`` is only needed on rank 0."""
+    rank = comm.Get_rank()
+    cfg = from_json(C.bcast_text(comm, to_json(cfg) if rank == 0 else None))
+    _collective(comm, _check_slurm, comm)
+    if rank == 0 and resume_tree is not None:
+        _collective(comm, _check_resumable, cfg, resume_tree, comm.Get_size(), resume_path)
+    elif resume_tree is None or rank > 0:
+        _collective(comm, lambda: None)
+    _threads(cfg)
+    model, sizes, local = _collective(comm, _setup, comm, cfg)
+    M = comm.Get_size() - 1
+    if cfg["run"]["eval_every"] == 0:
+        cfg["run"]["eval_every"] = _default_eval_every(cfg, sizes, M)
+    model.warm_up()
+
+    if rank == 0:
+        run_dir = Path(cfg["run"]["out"])
+        method = make_method(cfg, M)
+        master = Master(comm, cfg, model, sizes, method, run_dir, quiet=quiet)
+        if resume_tree is None:
+            init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
+            master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
+            ready = _collective(comm, _prepare_run_dir, run_dir)
+        else:
+            states = master.load_state(resume_tree)
+            ready = _collective(comm, lambda: True)
+            for j, st in states.items():
+                master._send(C.job_buffer(None, master.version, 0), j, C.TAG_STATE_SET)
+                C.send_tree(comm, j, st)
+        if not quiet:
+            what = "resuming" if resume_tree is not None else "training"
+            print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
+                  f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
+        del ready
+        return master.run(fresh=resume_tree is None)
+
+    _collective(comm, lambda: True)
+    X, y, X_test, y_test = local
+    ordering = make_ordering(cfg["order"]["kind"], [X.shape[0]], cfg["run"]["seed"], workers=[rank])
+    cursor = EpochCursor(ordering)
+    if cfg["order"]["record_history"]:
+        cursor.history = []
+    delay = DelayModel(cfg["stragglers"], rank, M, make_stream(cfg["run"]["seed"], rank, STREAM_DELAY))
+    return Worker(comm, cfg, model, X, y, X_test, y_test, cursor, delay).run()
+
+
+def _prepare_run_dir(run_dir: Path) -> bool:
+    """A fresh run must not mix its checkpoints with an older run's."""
+    if run_dir.exists() and any(run_dir.glob("ckpt-*.h5")):
+        raise UserError(f"run.out {run_dir} already holds checkpoints; continue it with "
+                        f"'hpcsgd resume {run_dir}' or choose another run.out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"run.out {run_dir}: cannot create ({exc.strerror})") from None
+    return True
+
+
+def train(comm: MPI.Comm, config_path: str, overrides: list[str], quiet: bool = False) -> int:
+    cfg = _collective(comm, load_config, config_path, overrides) if comm.Get_rank() == 0 else None
+    if comm.Get_rank() != 0:
+        _collective(comm, lambda: None)
+    return run_job(comm, cfg, quiet=quiet)
+
+
+def resume(comm: MPI.Comm, path: str, overrides: list[str], quiet: bool = False) -> int:
+    def load():
+        file, tree = checkpoint.load_checkpoint(Path(path))
+        stored = from_json(tree["config"])
+        cfg = resume_config(stored, overrides)
+        if not any(o.startswith("run.out=") for o in overrides):
+            cfg["run"]["out"] = str(file.parent)
+        return file, tree, cfg
+
+    if comm.Get_rank() == 0:
+        file, tree, cfg = _collective(comm, load)
+        if not quiet:
+            print(f"[hpcsgd] resuming from {file} (update {tree['update']})", flush=True)
+        return run_job(comm, cfg, resume_tree=tree, resume_path=file, quiet=quiet)
+    _collective(comm, lambda: None)
+    return run_job(comm, None, quiet=quiet)

@@ -1,0 +1,175 @@
+"""The engine under mpiexec (2, 3 and 5 ranks): every rank runs each test.
+
+Assertions are made on rank 0 from the files the master wrote; their outcome is
+broadcast so that every rank passes or fails together and no rank waits alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+
+def comm():
+    from mpi4py import MPI
+    return MPI.COMM_WORLD
+
+
+def train(data_dir: Path, out: Path, *settings: str, config: str = "") -> int:
+    """Run ``hpcsgd train`` in-process on every rank; returns the exit status."""
+    from conftest import shared_dir
+    from hpcsgd import run
+    cfg_dir = shared_dir()
+    path = cfg_dir / "job.toml"
+    if comm().Get_rank() == 0:
+        path.write_text(config)
+    comm().Barrier()
+    base = [f"data.dir={str(data_dir)!r}", f"run.out={str(out)!r}", "run.progress_every=0"]
+    return run.train(comm(), str(path), base + list(settings), quiet=True)
+
+
+def resume(path: Path, *settings: str) -> int:
+    from hpcsgd import run
+    return run.resume(comm(), str(path), list(settings), quiet=True)
+
+
+def on_root(check) -> None:
+    """Run ``check()`` on rank 0; every rank raises if it failed."""
+    from hpcsgd.comm import bcast_text
+    message = ""
+    if comm().Get_rank() == 0:
+        try:
+            check()
+        except AssertionError as exc:
+            message = f"rank 0 check failed: {exc}" or "rank 0 check failed"
+    message = bcast_text(comm(), message)
+    assert not message, message
+
+
+def load(run_dir: Path):
+    from hpcsgd.checkpoint import load_checkpoint
+    return load_checkpoint(run_dir)[1]
+
+
+def test_sync_lowers_loss_and_rr_visits_every_example_once(data_dir):
+    from conftest import shared_dir
+    out = shared_dir() / "run"
+    status = train(data_dir, out, "run.epochs=3", "method.kind='sync'", "method.lr=0.5",
+                   "order.batch=16", "order.record_history=true", "data.source='digits'")
+    assert status == 0
+
+    def check():
+        tree = load(out)
+        ev = tree["eval"]
+        assert ev["train_loss"][-1] < 0.5 * ev["train_loss"][0], ev["train_loss"]
+        assert ev["test_accuracy"][-1] > 0.85, ev["test_accuracy"]
+        hist = tree["order"]["history"]
+        M = comm().Get_size() - 1
+        assert hist.shape[:2] == (3, M)
+        for j in range(M):
+            n = int((hist[0, j] >= 0).sum())
+            for e in range(3):
+                row = hist[e, j][hist[e, j] >= 0]
+                assert np.array_equal(np.sort(row), np.arange(n)), f"worker {j+1} epoch {e}"
+            assert not np.array_equal(hist[0, j], hist[1, j]), "rr must reshuffle every epoch"
+        if M > 1:
+            assert not np.array_equal(hist[0, 0][:5], hist[0, 1][:5]), "workers must use different streams"
+        tr = tree["trace"]
+        assert np.all(tr["staleness"] == 0) and np.all(tr["k"] == M)
+        assert np.array_equal(tr["update"], np.arange(1, tr["update"].size + 1))
+    on_root(check)
+
+
+@pytest.mark.mpi(min_size=3)
+def test_fastest_k_leaves_the_straggler_behind(data_dir):
+    from conftest import shared_dir
+    out = shared_dir() / "run"
+    M = comm().Get_size() - 1
+    status = train(data_dir, out, "method.kind='fastest_k'", f"method.k={M - 1}", "run.max_updates=40",
+                   "stragglers.model='fixed'", "stragglers.comm_mean=0.002",
+                   "stragglers.slow_workers=[1]", "stragglers.slow_factor=20.0",
+                   "data.source='digits'", "run.clock='wall'")
+    assert status == 0
+
+    def check():
+        tree = load(out)
+        tr = tree["trace"]
+        contributions = tree["state"]["engine"]["contributions"]
+        assert tr["update"].size == 40
+        assert np.all(tr["staleness"] == 0), "fastest-k must never apply a stale gradient"
+        assert contributions[1] <= 4, f"slow worker contributed to {contributions[1]} of 40 updates"
+        assert contributions[2:].sum() >= 40 * (M - 1) - 4
+        # every worker computed every round (the slow one was preempted), so the load
+        # exceeds what was applied
+        assert tr["samples_computed"].sum() > tr["k"].sum() * 16
+    on_root(check)
+
+
+SIM = ("run.clock='simulated'", "stragglers.model='exp'", "stragglers.comm_mean=0.01",
+       "stragglers.compute_mean=0.001", "stragglers.speeds='linear'", "data.source='digits'",
+       "method.momentum=0.5")
+
+
+def compare_runs(a: dict, b: dict) -> None:
+    assert np.array_equal(a["model"]["params"], b["model"]["params"]), "parameters differ"
+    for table in ("trace", "eval"):
+        assert set(a[table]) == set(b[table])
+        for col in a[table]:
+            if col == "wall_time":
+                continue
+            assert np.array_equal(a[table][col], b[table][col], equal_nan=True), f"/{table}/{col} differs"
+
+
+@pytest.mark.parametrize("method", ["sync", "fastest_k"])
+def test_simulated_clock_is_bit_reproducible(data_dir, method):
+    from conftest import shared_dir
+    base = shared_dir()
+    k = "method.k=1"
+    for name in ("a", "b"):
+        assert train(data_dir, base / name, *SIM, f"method.kind='{method}'", k, "run.max_updates=30") == 0
+
+    def check():
+        a, b = load(base / "a"), load(base / "b")
+        compare_runs(a, b)
+        sim = a["trace"]["sim_time"]
+        assert np.all(np.diff(sim) >= 0) and sim[-1] > 0
+    on_root(check)
+
+
+@pytest.mark.parametrize("method", ["sync", "fastest_k"])
+def test_resume_continues_exactly(data_dir, method):
+    from conftest import shared_dir
+    base = shared_dir()
+    common = (*SIM, f"method.kind='{method}'", "method.k=1", "run.eval_every=5", "order.batch=8")
+    assert train(data_dir, base / "whole", *common, "run.max_updates=40", "run.checkpoint_every=20") == 0
+    assert train(data_dir, base / "half", *common, "run.max_updates=20") == 0
+    assert resume(base / "half", "run.max_updates=40") == 0
+
+    def check():
+        whole, half = load(base / "whole"), load(base / "half")
+        assert int(half["update"]) == 40
+        compare_runs(whole, half)
+        assert np.array_equal(whole["order"]["perm"], half["order"]["perm"])
+    on_root(check)
+
+
+def test_resume_refuses_other_world_size(data_dir):
+    """A checkpoint written by a different number of ranks is refused on every rank."""
+    from conftest import shared_dir
+    from hpcsgd.checkpoint import save_checkpoint
+    from hpcsgd.errors import UserError
+    base = shared_dir()
+    assert train(data_dir, base / "run", "run.max_updates=4", "data.source='digits'") == 0
+    if comm().Get_rank() == 0:
+        tree = load(base / "run")
+        tree["world_size"] = comm().Get_size() + 1
+        for key in ("format", "format_version", "created"):
+            tree.pop(key, None)
+        save_checkpoint(base / "run", {**tree, "update": int(tree["update"]) + 1})
+    comm().Barrier()
+    with pytest.raises(UserError, match="written by .* ranks"):
+        resume(base / "run")
