@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = _parallel(args) if parallel else _serial(args)
     except UserError as exc:
-        print(f"hpcsgd: error: {exc}", file=sys.stderr, flush=True)
+        # one write per line: mpiexec merges every rank's stderr
+        sys.stderr.write(f"hpcsgd: error: {exc}\n")
+        sys.stderr.flush()
         status = exc.exit_code
     except KeyboardInterrupt:
         status = 130

@@ -29,7 +29,7 @@ def test_defaults_and_run_out_from_stem(tmp_path):
     ("[method]\nkk = 1\n", r"unknown key method\.kk .*allowed in \[method\]: kind, lr"),
     ("[nope]\na = 1\n", r"unknown table \[nope\]"),
     ("[method]\nlr = -0.1\n", r"method\.lr = -0\.1 must be > 0"),
-    ("[method]\nlr = 0\n", r"method\.lr = 0\.0 must be > 0"),
+    ("[method]\nlr = 0\n", r"method\.lr = 0 must be > 0"),
     ("[method]\nlr = \"fast\"\n", r"method\.lr must be a number"),
     ("[run]\nepochs = 2.5\n", r"run\.epochs must be an integer"),
     ("[run]\nepochs = true\n", r"run\.epochs must be an integer"),
