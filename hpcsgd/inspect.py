@@ -159,6 +159,12 @@ def summarize(path) -> dict:
     else:
         out["per_worker_updates"] = None
         out["aggregated_updates"] = None
+    # The engine counts, per worker, the updates its gradients went into (the trace's
+    # worker column cannot say who contributed to an aggregated update).
+    engine = tree.get("state", {}).get("engine", {}) if isinstance(tree.get("state"), dict) else {}
+    contrib = engine.get("contributions") if isinstance(engine, dict) else None
+    out["contributions"] = ({int(j): int(c) for j, c in enumerate(contrib) if j >= 1}
+                            if isinstance(contrib, np.ndarray) else None)
 
     order = tree.get("order") if isinstance(tree.get("order"), dict) else None
     if order is not None and isinstance(order.get("perm"), np.ndarray):
@@ -264,6 +270,10 @@ def format_summary(s: dict) -> str:
         items = list(pw.items())
         shown = "  ".join(f"{k}:{v}" for k, v in items[:16]) + ("  ..." if len(items) > 16 else "")
         add("per worker", (shown or "-") + f"   aggregated updates: {s['aggregated_updates']}")
+    if s.get("contributions"):
+        items = list(s["contributions"].items())
+        shown = "  ".join(f"{k}:{v}" for k, v in items[:16]) + ("  ..." if len(items) > 16 else "")
+        add("contributed", shown + "   (updates each worker's gradients went into)")
     o = s["orders"]
     if o:
         shape = " x ".join(str(n) for n in o["perm_shape"])
