@@ -13,6 +13,7 @@ array.  Nothing here pickles.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -54,30 +55,53 @@ def job_buffer(params: np.ndarray | None, version: int, batch: int, flags: int =
 
 
 class Backoff:
-    """Spin briefly, then sleep with growing intervals, so an idle rank yields its core.
+    """Adaptive polling: spin (yielding the CPU) for about twice the waits seen lately,
+    then sleep with growing intervals, so an idle rank never holds a core for long.
 
     MPICH's blocking waits poll at full speed; with more ranks than cores that steals
-    time from the ranks doing real work.  A short spin keeps latency low when replies
-    are imminent.
+    time from the ranks doing real work.  Pure sleeping instead adds up to a sleep
+    interval of latency to every message, which dominates small updates.  Spinning for
+    roughly the expected wait gets both: replies that come soon are seen at once, and
+    long waits (a straggler) cost at most ``max_spin`` of CPU before the rank sleeps.
+    Call ``wait()`` after each unsuccessful poll and ``done()`` once the wait is over;
+    keep one instance per waiting site so it learns that site's typical wait.
     """
 
-    def __init__(self, spin_seconds: float = 50e-6, max_sleep: float = 1e-3):
-        self.spin_seconds = spin_seconds
+    def __init__(self, min_spin: float = 100e-6, max_spin: float = 1e-3, max_sleep: float = 1e-3):
+        self.min_spin = min_spin
+        self.max_spin = max_spin
         self.max_sleep = max_sleep
-        self.reset()
-
-    def reset(self) -> None:
+        self.expected = min_spin
         self.started = None
-        self.sleep = 10e-6
+        self.sleep = 20e-6
 
     def wait(self) -> None:
         now = time.perf_counter()
         if self.started is None:
             self.started = now
-        if now - self.started < self.spin_seconds:
+            self.sleep = 20e-6
+        if now - self.started < min(max(2.0 * self.expected, self.min_spin), self.max_spin):
+            os.sched_yield()
             return
         time.sleep(self.sleep)
         self.sleep = min(self.sleep * 2.0, self.max_sleep)
+
+    def done(self) -> None:
+        if self.started is not None:
+            waited = time.perf_counter() - self.started
+            self.expected = 0.75 * self.expected + 0.25 * waited
+            self.started = None
+
+
+def fine_timer_slack() -> None:
+    """Let short sleeps be short: Linux stretches every sleep by the thread's timer
+    slack (50 us by default), which would dominate the polling intervals above."""
+    try:
+        import ctypes
+        PR_SET_TIMERSLACK = 29
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # 1 us
+    except (OSError, AttributeError):
+        pass  # not Linux: sleeps are merely longer
 
 
 def wait_all(requests: list[MPI.Request]) -> None:

@@ -76,6 +76,8 @@ class EpochMirror:
         self.sizes = np.asarray(sizes, dtype=np.int64)
         self.pos = self.sizes.copy()  # "at the end of epoch 0": the first take starts epoch 1
         self.started = np.zeros(len(sizes), dtype=np.int64)
+        self._epoch = 0.0
+        self._stale = True
 
     def take(self, worker: int, batch: int) -> int:
         i = worker - 1
@@ -84,12 +86,16 @@ class EpochMirror:
             self.started[i] += 1
         actual = int(min(batch, self.sizes[i] - self.pos[i]))
         self.pos[i] += actual
+        self._stale = True
         return actual
 
     def epoch(self) -> float:
         """Passes completed by the slowest worker (fractional)."""
-        done = np.where(self.started > 0, self.started - 1 + self.pos / self.sizes, 0.0)
-        return float(done.min())
+        if self._stale:
+            done = np.where(self.started > 0, self.started - 1 + self.pos / self.sizes, 0.0)
+            self._epoch = float(done.min())
+            self._stale = False
+        return self._epoch
 
 
 class Master:
@@ -148,6 +154,7 @@ class Master:
         self.recvs = [self._post_recv(j) for j in self.workers]
         self.arrivals = 0
         self.updated = False
+        self.backoff = C.Backoff()
         self.max_updates = cfg["run"]["max_updates"]
         self.max_epochs = cfg["run"]["epochs"]
         self.eval_every = cfg["run"]["eval_every"]
@@ -175,8 +182,8 @@ class Master:
         self.sends.append((self.comm.Isend(buf, dest=worker, tag=tag), buf))
 
     def _reap_sends(self) -> None:
-        if self.sends:
-            self.sends = [(r, b) for r, b in self.sends if not r.Test()]
+        if self.sends and MPI.Request.Testall([r for r, _ in self.sends]):
+            self.sends.clear()
 
     def assign(self, worker: int, batch: int, flags: int) -> None:
         """Create a job at the current model for ``worker``; it queues behind its others."""
@@ -263,6 +270,8 @@ class Master:
         not at all), which is known now whether or not its reply has arrived, so its load
         goes into the trace row deterministically.
         """
+        if not any(self.jobs.values()):
+            return
         t = self.now()
         for worker in self.workers:
             for job in list(self.jobs[worker]):
@@ -303,9 +312,10 @@ class Master:
         return True
 
     def next_event(self) -> Job:
-        backoff = C.Backoff()
+        backoff = self.backoff
         while True:
             if self.ready and (not self.simulated or self._can_take(self.ready[0])):
+                backoff.done()
                 _, worker, seq = heapq.heappop(self.ready)
                 job = self._job(worker, seq)
                 self.jobs[worker].remove(job)
@@ -315,9 +325,7 @@ class Master:
                 self.row_samples += job.batch
                 self.row_compute = max(self.row_compute, job.result.compute_seconds)
                 return job
-            if self._receive_some():
-                backoff.reset()
-            else:
+            if not self._receive_some():
                 backoff.wait()
 
     def in_flight(self) -> int:
@@ -327,9 +335,7 @@ class Master:
         """Wait for every job in flight.  Cancelled ones are dropped on arrival."""
         backoff = C.Backoff()
         while any(j.result is None for q in self.jobs.values() for j in q):
-            if self._receive_some():
-                backoff.reset()
-            else:
+            if not self._receive_some():
                 backoff.wait()
         live = [j for q in self.jobs.values() for j in q]
         assert not live, "checkpoint with live jobs in flight: this method must drain them"
@@ -467,6 +473,7 @@ class Master:
         self.contributions[:] = eng["contributions"]
         self.mirror.pos[:] = eng["mirror_pos"]
         self.mirror.started[:] = eng["mirror_started"]
+        self.mirror._stale = True
         self.pending = [tuple(int(x) for x in row) for row in eng["pending"]]
         self.row_samples = int(eng["row_samples"])
         self.row_messages = int(eng["row_messages"])

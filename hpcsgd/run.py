@@ -19,6 +19,7 @@ from hpcsgd import comm as C
 from hpcsgd.config import check_world, from_json, load_config, resume_config, to_json
 from hpcsgd.data import open_dataset, partition, read_labels, read_rows, split_even
 from hpcsgd.errors import UserError
+from hpcsgd.kernels import optim
 from hpcsgd.master import Master
 from hpcsgd.methods import make_method
 from hpcsgd.models import make_model
@@ -115,11 +116,13 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     elif resume_tree is None or rank > 0:
         _collective(comm, lambda: None)
     _threads(cfg)
+    C.fine_timer_slack()
     model, sizes, local = _collective(comm, _setup, comm, cfg)
     M = comm.Get_size() - 1
     if cfg["run"]["eval_every"] == 0:
         cfg["run"]["eval_every"] = _default_eval_every(cfg, sizes, M)
     model.warm_up()
+    optim.warm_up()
 
     if rank == 0:
         run_dir = Path(cfg["run"]["out"])

@@ -35,13 +35,14 @@ class Worker:
         self.result = np.empty(C.RESULT_HEADER + d)
         self.eval_reply = np.empty(C.EVAL_HEADER + d)
         self.status = MPI.Status()
+        self.backoff = C.Backoff()
 
     # ------------------------------------------------------------------ messages
     def _receive(self) -> int:
         """Block politely for the next master message; returns its tag."""
-        backoff = C.Backoff()
         while not self.comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=self.status):
-            backoff.wait()
+            self.backoff.wait()
+        self.backoff.done()
         tag = self.status.Get_tag()
         self.comm.Recv(self.inbox, source=0, tag=tag)
         return tag

@@ -30,3 +30,12 @@ def all_finite(x):
         if not np.isfinite(x[i]):
             return False
     return True
+
+
+def warm_up() -> None:
+    """Compile (or load from cache) before the first timed update."""
+    w, m, g = np.zeros(2), np.zeros(2), np.ones(2)
+    sgd_step(w, g, 0.1)
+    heavy_ball_step(w, m, g, 0.1, 0.5)
+    add_into(w, g)
+    all_finite(w)
