@@ -31,7 +31,7 @@ from hpcsgd import __version__, checkpoint
 from hpcsgd import comm as C
 from hpcsgd.config import to_json
 from hpcsgd.errors import DivergenceError
-from hpcsgd.kernels.optim import all_finite, heavy_ball_step, sgd_step
+from hpcsgd.kernels.optim import heavy_ball_step, sgd_step
 from hpcsgd.kernels.regularizers import prox_l1
 from hpcsgd.stragglers import STREAM_METHOD, make_stream, set_stream_state, stream_state
 from hpcsgd.trace import EVAL_COLUMNS, TRACE_COLUMNS, Table
@@ -148,6 +148,7 @@ class Master:
 
         self.sends: list[tuple[MPI.Request, np.ndarray]] = []
         self.job_bufs: dict[tuple[int, int, int], np.ndarray] = {}  # (version, batch, flags)
+        self.spare_job_bufs: list[np.ndarray] = []
         self.recv_size = C.RESULT_HEADER + self.d
         self.free_bufs: list[np.ndarray] = []
         self.recv_bufs: dict[int, np.ndarray] = {}
@@ -198,9 +199,21 @@ class Master:
         key = (self.version, actual, flags)
         buf = self.job_bufs.get(key)
         if buf is None:
-            self.job_bufs = {k: b for k, b in self.job_bufs.items() if k[0] == self.version}
-            buf = self.job_bufs[key] = C.job_buffer(self.params, self.version, actual, flags)
+            buf = self._job_buffer(actual, flags)
+            self.job_bufs[key] = buf
         self._send(buf, worker, C.TAG_JOB)
+
+    def _job_buffer(self, batch: int, flags: int) -> np.ndarray:
+        """A job buffer for the current version, reusing old ones whose sends are done
+        (a fresh d-sized allocation per update costs page faults at large d)."""
+        self._reap_sends()
+        old = [k for k in self.job_bufs if k[0] != self.version]
+        if not self.sends:
+            self.spare_job_bufs.extend(self.job_bufs.pop(k) for k in old)
+        buf = self.spare_job_bufs.pop() if self.spare_job_bufs else np.empty(C.JOB_HEADER + self.d)
+        buf[C.J_VERSION], buf[C.J_BATCH], buf[C.J_FLAGS] = self.version, batch, flags
+        buf[C.JOB_HEADER:] = self.params
+        return buf
 
     def _assign_pending(self) -> None:
         pending, self.pending = self.pending, []
@@ -342,15 +355,19 @@ class Master:
 
     # ------------------------------------------------------------------ updates
     def apply(self, grad: np.ndarray, *, contributors: list[int], staleness: int, batch: int,
-              step_size: float | None = None) -> None:
-        """Take one step with ``grad``, built from the listed workers' results."""
+              step_size: float | None = None, scale: float = 1.0) -> None:
+        """Step along ``scale * grad``, built from the listed workers' results.
+
+        Scaling inside the fused step kernel saves a pass over d when a method hands
+        over a sum of gradients rather than their mean.
+        """
         lr = self.lr if step_size is None else step_size
-        if not all_finite(grad):
-            raise DivergenceError(f"non-finite gradient at update {self.version + 1}")
         if self.beta > 0.0:
-            heavy_ball_step(self.params, self.momentum, grad, lr, self.beta)
+            finite = heavy_ball_step(self.params, self.momentum, grad, lr, self.beta, scale)
         else:
-            sgd_step(self.params, grad, lr)
+            finite = sgd_step(self.params, grad, lr, scale)
+        if not finite:
+            raise DivergenceError(f"non-finite gradient at update {self.version + 1}")
         if self.l1 > 0.0:
             prox_l1(self.params, lr * self.l1)
         self.version += 1

@@ -20,7 +20,7 @@ class FastestK:
         self.k = k
         self.n_workers = n_workers
         self.batch = batch
-        self.acc = None
+        self.acc = None  # sum of this round's gradients, allocated once
         self.contributors: list[int] = []
 
     def _round(self):
@@ -32,16 +32,21 @@ class FastestK:
         return self._round()
 
     def on_result(self, engine, r):
-        if not self.contributors:
-            self.acc = r.grad.copy()
+        if self.k == 1:
+            total = r.grad
         else:
-            add_into(self.acc, r.grad)
+            if self.acc is None:
+                self.acc = np.empty_like(r.grad)
+            if not self.contributors:
+                np.copyto(self.acc, r.grad)
+            else:
+                add_into(self.acc, r.grad)
+            total = self.acc
         self.contributors.append(r.worker)
         if len(self.contributors) < self.k:
             return []
-        self.acc *= 1.0 / self.k
-        engine.apply(self.acc, contributors=self.contributors,
-                     staleness=engine.version - r.version, batch=self.batch)
+        engine.apply(total, contributors=self.contributors, staleness=engine.version - r.version,
+                     batch=self.batch, scale=1.0 / self.k)
         engine.cancel_jobs_before(engine.version)
         self.contributors = []
         return self._round()
