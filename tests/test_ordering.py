@@ -39,7 +39,7 @@ def test_state_dict_round_trip_continues_identically(kind):
 
 
 def test_unknown_ordering():
-    with pytest.raises(ValueError, match="allowed: rr, so"):
+    with pytest.raises(ValueError, match="allowed: rr, so, grab, pair, cd_grab"):
         make_ordering("grabby", [3], seed=0)
 
 
