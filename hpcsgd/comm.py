@@ -25,6 +25,7 @@ TAG_EVAL = 2        # [JOB header | params]: evaluate full train and test metric
 TAG_STATE_GET = 3   # [JOB header]: send your state tree back (TAG_TREE)
 TAG_STATE_SET = 4   # [JOB header], then a tree on TAG_TREE: load this state
 TAG_STOP = 5        # [JOB header]: leave the worker loop
+TAG_SIGNS = 6       # [eps_0 .. eps_{Q-1}]: CD-GraB signs (+1/-1) for the last job's pairs
 # worker -> master
 TAG_RESULT = 11     # [RESULT header | gradient]
 TAG_EVAL_RESULT = 12
@@ -36,9 +37,11 @@ J_VERSION, J_BATCH, J_FLAGS = range(3)
 JOB_HEADER = 3
 FLAG_PREEMPTIBLE = 1  # any newer message from the master makes this job obsolete
 
-# Result header fields (worker -> master).
-(R_VERSION, R_BATCH, R_SAMPLES, R_DURATION, R_COMPUTE_S, R_LOSS_SUM, R_ABANDONED) = range(7)
-RESULT_HEADER = 7
+# Result header fields (worker -> master).  The payload is the mean gradient, then
+# R_PAIRS pair differences of d values each when the master coordinates the order.
+(R_VERSION, R_BATCH, R_SAMPLES, R_DURATION, R_COMPUTE_S, R_LOSS_SUM, R_ABANDONED, R_EPOCH,
+ R_PAIRS) = range(9)
+RESULT_HEADER = 9
 
 # Evaluation reply: sums over the worker's rows, then the gradient sum over train rows.
 (E_TRAIN_LOSS, E_TRAIN_N, E_TRAIN_CORRECT, E_TEST_LOSS, E_TEST_N, E_TEST_CORRECT) = range(6)

@@ -68,7 +68,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "k": Key(0, int, "replies waited for by fastest_k (0 = all workers)", minimum=0),
     },
     "order": {
-        "kind": Key("rr", str, "per-worker example order", choices=("rr", "so")),
+        "kind": Key("rr", str, "per-worker example order", choices=("rr", "so", "grab", "pair", "cd_grab")),
         "batch": Key(16, int, "examples per worker per step (B)", minimum=1),
         "record_history": Key(False, bool, "store every epoch's orders in /order/history"),
     },
@@ -166,6 +166,13 @@ def _check_cross(cfg: dict) -> None:
     slow = cfg["stragglers"]["slow_workers"]
     if not all(isinstance(j, int) and not isinstance(j, bool) and j >= 1 for j in slow):
         raise UserError(f"config: stragglers.slow_workers must list worker ranks >= 1, got {slow!r}")
+    order, batch = cfg["order"]["kind"], cfg["order"]["batch"]
+    if order in ("pair", "cd_grab") and batch > 1 and batch % 2:
+        raise UserError(f"config: order.batch = {batch} is odd; order.kind = {order!r} balances pairs "
+                        f"of examples (use an even batch, or 1 to pair consecutive steps)")
+    if order == "cd_grab" and cfg["method"]["kind"] != "sync":
+        raise UserError(f"config: order.kind = 'cd_grab' coordinates all workers every step and needs "
+                        f"method.kind = 'sync' (got {cfg['method']['kind']!r})")
     if cfg["run"]["epochs"] == 0 and cfg["run"]["max_updates"] == 0:
         raise UserError("config: run.epochs and run.max_updates are both 0; set at least one stopping rule")
 

@@ -65,7 +65,9 @@ class Result:
     compute_seconds: float
     loss_sum: float
     abandoned: bool
+    epoch: int
     grad: np.ndarray
+    pairs: np.ndarray  # [Q, d] pair differences (Q = 0 unless the master balances)
     buf: np.ndarray = field(repr=False)
 
 
@@ -149,7 +151,9 @@ class Master:
         self.sends: list[tuple[MPI.Request, np.ndarray]] = []
         self.job_bufs: dict[tuple[int, int, int], np.ndarray] = {}  # (version, batch, flags)
         self.spare_job_bufs: list[np.ndarray] = []
-        self.recv_size = C.RESULT_HEADER + self.d
+        batch = cfg["order"]["batch"]
+        max_pairs = max(batch // 2, 1) if cfg["order"]["kind"] == "cd_grab" else 0
+        self.recv_size = C.RESULT_HEADER + self.d * (1 + max_pairs)
         self.free_bufs: list[np.ndarray] = []
         self.recv_bufs: dict[int, np.ndarray] = {}
         self.recvs = [self._post_recv(j) for j in self.workers]
@@ -215,6 +219,10 @@ class Master:
         buf[C.JOB_HEADER:] = self.params
         return buf
 
+    def send_signs(self, worker: int, eps: np.ndarray) -> None:
+        """CD-GraB signs for ``worker``'s last pairs; they reach it before its next job."""
+        self._send(eps.astype(np.float64), worker, C.TAG_SIGNS)
+
     def _assign_pending(self) -> None:
         pending, self.pending = self.pending, []
         for worker, batch, flags in pending:
@@ -239,7 +247,10 @@ class Master:
                    batch=int(h[C.R_BATCH]), samples=int(h[C.R_SAMPLES]),
                    duration=float(h[C.R_DURATION]), compute_seconds=float(h[C.R_COMPUTE_S]),
                    loss_sum=float(h[C.R_LOSS_SUM]), abandoned=bool(h[C.R_ABANDONED]),
-                   grad=buf[C.RESULT_HEADER:], buf=buf)
+                   epoch=int(h[C.R_EPOCH]), grad=buf[C.RESULT_HEADER:C.RESULT_HEADER + self.d],
+                   pairs=buf[C.RESULT_HEADER + self.d:
+                             C.RESULT_HEADER + self.d * (1 + int(h[C.R_PAIRS]))].reshape(-1, self.d),
+                   buf=buf)
         # A worker answers its jobs in the order it got them.
         job = next(j for j in self.jobs[worker] if j.result is None)
         assert job.version == r.version and job.batch == r.batch, (

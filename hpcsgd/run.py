@@ -80,6 +80,10 @@ def _setup(comm: MPI.Comm, cfg: dict):
     n_classes = max(info.n_classes, 2) if info.task != "regression" else 1
     model = make_model(cfg["model"]["kind"], info.n_features, n_classes, hidden=cfg["model"]["hidden"],
                        l2=cfg["model"]["l2"], nonconvex=cfg["model"]["nonconvex"])
+    if cfg["order"]["kind"] == "cd_grab":
+        # Shared pointers need equal shards: every worker keeps its first n_min rows.
+        n_min = min(len(p) for p in parts)
+        parts = [p[:n_min] for p in parts]
     sizes = [len(p) for p in parts]
     local = None
     if rank > 0:

@@ -31,8 +31,14 @@ class Worker:
         self.delay = delay
         self.simulated = cfg["run"]["clock"] == "simulated"
         d = model.dim
-        self.inbox = np.empty(C.JOB_HEADER + d)
-        self.result = np.empty(C.RESULT_HEADER + d)
+        self.kind = cfg["order"]["kind"]
+        self.per_example = self.kind in ("grab", "pair", "cd_grab")
+        batch = cfg["order"]["batch"]
+        max_pairs = max(batch // 2, 1) if self.kind == "cd_grab" else 0
+        self.inbox = np.empty(C.JOB_HEADER + max(d, batch))
+        self.result = np.empty(C.RESULT_HEADER + d * (1 + max_pairs))
+        self.grads = np.empty((batch, d)) if self.per_example else None
+        self.awaiting: tuple[np.ndarray, np.ndarray] | None = None  # pairs waiting for signs
         self.eval_reply = np.empty(C.EVAL_HEADER + d)
         self.status = MPI.Status()
         self.backoff = C.Backoff()
@@ -59,6 +65,8 @@ class Worker:
                 C.send_tree(self.comm, 0, self.state_dict())
             elif tag == C.TAG_STATE_SET:
                 self.load_state_dict(C.recv_tree(self.comm, 0))
+            elif tag == C.TAG_SIGNS:
+                self.place_signs()
             elif tag == C.TAG_STOP:
                 return int(self.inbox[C.J_FLAGS])
             else:
@@ -72,10 +80,15 @@ class Worker:
         idx = self.cursor.next_batch(batch)
         assert idx.size == batch, f"worker {self.rank}: master expected batch {batch}, order gives {idx.size}"
         out = self.result
-        grad = out[C.RESULT_HEADER:]
+        d = self.model.dim
+        grad = out[C.RESULT_HEADER:C.RESULT_HEADER + d]
         t = time.perf_counter()
-        loss_sum = self.model.grad_sum(w, self.X, self.y, idx, grad)
-        grad *= 1.0 / idx.size
+        n_pairs = 0
+        if self.per_example:
+            loss_sum, n_pairs = self._balance_batch(w, idx, grad, out)
+        else:
+            loss_sum = self.model.grad_sum(w, self.X, self.y, idx, grad)
+            grad *= 1.0 / idx.size
         self.model.reg_grad_add(w, grad)
         compute = time.perf_counter() - t
         duration = self.delay.duration(idx.size)
@@ -85,9 +98,35 @@ class Worker:
         out[C.R_VERSION], out[C.R_BATCH], out[C.R_SAMPLES] = version, idx.size, idx.size
         out[C.R_DURATION], out[C.R_COMPUTE_S], out[C.R_LOSS_SUM] = duration, compute, loss_sum
         out[C.R_ABANDONED] = abandoned
+        out[C.R_EPOCH], out[C.R_PAIRS] = self.cursor.epochs_started, n_pairs
         # An abandoned job's gradient is never used: send the header only.
-        n = C.RESULT_HEADER if abandoned else out.size
+        n = C.RESULT_HEADER if abandoned else C.RESULT_HEADER + d * (1 + n_pairs)
         self.comm.Send(out[:n], dest=0, tag=C.TAG_RESULT)
+
+    def _balance_batch(self, w, idx, grad, out) -> tuple[float, int]:
+        """Per-example gradients for a balancing order: the mean goes to ``grad``;
+        independent orders balance here, CD-GraB ships its pair differences after the
+        gradient and waits for the master's signs."""
+        G = self.grads[:idx.size]
+        self.model.per_example_grads(w, self.X, self.y, idx, G)
+        np.mean(G, axis=0, out=grad)
+        loss_sum = self.model.loss_sum(w, self.X, self.y, idx)
+        if self.kind != "cd_grab":
+            self.cursor.ordering.step(G[None])
+            return loss_sum, 0
+        first, second, diffs = self.cursor.ordering.pairs(0, G)
+        d = grad.size
+        out[C.RESULT_HEADER + d:C.RESULT_HEADER + d * (1 + first.size)] = diffs.reshape(-1)
+        self.awaiting = (first, second)
+        return loss_sum, first.size
+
+    def place_signs(self) -> None:
+        count = self.status.Get_count(MPI.DOUBLE)
+        eps = self.inbox[:count].astype(np.int8)
+        first, second = self.awaiting
+        assert eps.size == first.size, f"worker {self.rank}: {eps.size} signs for {first.size} pairs"
+        self.cursor.ordering.place(0, first, second, eps)
+        self.awaiting = None
 
     def _sleep(self, seconds: float, preemptible: bool) -> bool:
         """Injected straggler delay.  A preemptible job is abandoned as soon as the

@@ -176,3 +176,65 @@ def test_resume_refuses_other_world_size(data_dir):
     comm().Barrier()
     with pytest.raises(UserError, match="written by .* ranks"):
         resume(base / "run")
+
+
+def test_cd_grab_orders_equal_the_standalone_object(data_dir):
+    """The engine's CD-GraB (signs at the master, placement on the workers) builds the
+    same orders as the standalone ``cd_grab`` fed the same per-example gradients.
+
+    A vanishing step (1e-300) leaves every gradient equal to its value at w = 0, so
+    the test can recompute them from the data."""
+    from conftest import shared_dir
+    from hpcsgd.data import open_dataset, partition, read_labels, read_rows
+    from hpcsgd.models import make_model
+    from hpcsgd.ordering import make_ordering
+    out = shared_dir() / "run"
+    M, B, epochs = comm().Get_size() - 1, 6, 3
+    status = train(data_dir, out, "data.source='breast_cancer'", "model.kind='logistic'",
+                   "order.kind='cd_grab'", f"order.batch={B}", f"run.epochs={epochs}",
+                   "order.record_history=true", "method.lr=1e-300")
+    assert status == 0
+
+    def check():
+        info = open_dataset("breast_cancer", data_dir)
+        parts = partition(read_labels(info, "train"), M, "iid", 0, task=info.task)
+        n = min(len(p) for p in parts)
+        model = make_model("logistic", info.n_features, 2)
+        grads = []
+        for p in parts:
+            X, y = read_rows(info, "train", p[:n])
+            G = np.empty((n, model.dim))
+            model.per_example_grads(np.zeros(model.dim), X, y, np.arange(n), G)
+            grads.append(G)
+        order = make_ordering("cd_grab", [n] * M, seed=0)
+        want = []
+        for e in range(epochs):
+            perms = order.next_epoch()
+            want.append(np.stack(perms))
+            for start in range(0, n, B):
+                order.step([grads[j][p[start:start + B]] for j, p in enumerate(perms)])
+        hist = load(out)["order"]["history"]
+        assert hist.shape == (epochs, M, n)
+        for e in range(epochs):
+            for j in range(M):
+                assert np.array_equal(np.sort(hist[e, j]), np.arange(n)), "not a permutation"
+            assert np.array_equal(hist[e], want[e]), f"epoch {e} differs from the standalone cd_grab"
+    on_root(check)
+
+
+@pytest.mark.parametrize("order", ["grab", "pair", "cd_grab"])
+def test_balancing_orders_resume_mid_epoch_exactly(data_dir, order):
+    from conftest import shared_dir
+    base = shared_dir()
+    common = (*SIM, "data.source='breast_cancer'", "model.kind='logistic'", "method.kind='sync'",
+              f"order.kind='{order}'", "order.batch=8", "run.eval_every=7", "order.record_history=true")
+    assert train(data_dir, base / "whole", *common, "run.max_updates=70", "run.checkpoint_every=35") == 0
+    assert train(data_dir, base / "half", *common, "run.max_updates=35") == 0
+    assert resume(base / "half", "run.max_updates=70") == 0
+
+    def check():
+        whole, half = load(base / "whole"), load(base / "half")
+        compare_runs(whole, half)
+        assert np.array_equal(whole["order"]["history"], half["order"]["history"])
+        assert whole["order"]["history"].shape[0] >= 2, "the run must cross an epoch boundary"
+    on_root(check)

@@ -19,7 +19,8 @@ def make_method(cfg: dict, n_workers: int):
     kind = cfg["method"]["kind"]
     batch = cfg["order"]["batch"]
     if kind == "sync":
-        return FastestK(n_workers, n_workers, batch, name="sync")
+        return FastestK(n_workers, n_workers, batch, name="sync",
+                        coordinate=cfg["order"]["kind"] == "cd_grab")
     if kind == "fastest_k":
         return FastestK(cfg["method"]["k"] or n_workers, n_workers, batch, name="fastest_k")
     raise AssertionError(f"config validation lets through unknown method {kind!r}")

@@ -12,11 +12,17 @@ import numpy as np
 
 from hpcsgd.comm import FLAG_PREEMPTIBLE
 from hpcsgd.kernels.optim import add_into
+from hpcsgd.ordering.balance import CoordinatedSigns
 
 
 class FastestK:
-    def __init__(self, k: int, n_workers: int, batch: int, name: str = "fastest_k"):
+    def __init__(self, k: int, n_workers: int, batch: int, name: str = "fastest_k",
+                 coordinate: bool = False):
         self.name = name
+        # CD-GraB: the master decides every worker's pair signs from all workers' pair
+        # differences, pair index outer, worker rank inner (so it needs k = M).
+        self.signs = CoordinatedSigns() if coordinate else None
+        self.diffs = None
         self.k = k
         self.n_workers = n_workers
         self.batch = batch
@@ -43,20 +49,38 @@ class FastestK:
                 add_into(self.acc, r.grad)
             total = self.acc
         self.contributors.append(r.worker)
+        if self.signs is not None:
+            self._keep_pairs(r)
         if len(self.contributors) < self.k:
             return []
         engine.apply(total, contributors=self.contributors, staleness=engine.version - r.version,
                      batch=self.batch, scale=1.0 / self.k)
         engine.cancel_jobs_before(engine.version)
+        if self.signs is not None and self.diffs.shape[1]:
+            eps = self.signs.signs(self.diffs, r.epoch)
+            for j in range(1, self.n_workers + 1):
+                engine.send_signs(j, eps[j - 1])
         self.contributors = []
         return self._round()
+
+    def _keep_pairs(self, r) -> None:
+        # results arrive in any order; the sign loop needs them by worker rank
+        q, d = r.pairs.shape
+        if self.diffs is None or self.diffs.shape[1:] != (q, d):
+            self.diffs = np.empty((self.n_workers, q, d))
+        self.diffs[r.worker - 1] = r.pairs
 
     # An update always closes a round, and checkpoints happen between updates, so the
     # partial sum is empty whenever state is saved.
     def state_dict(self) -> dict:
         assert not self.contributors
-        return {"k": self.k, "batch": self.batch}
+        state = {"k": self.k, "batch": self.batch}
+        if self.signs is not None:
+            state["signs"] = self.signs.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.k = int(state["k"])
         self.batch = int(state["batch"])
+        if self.signs is not None:
+            self.signs.load_state_dict(state["signs"])

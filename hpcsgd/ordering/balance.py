@@ -255,6 +255,32 @@ class PairBalance(_Pairs):
             self.s[i][:] = state["s"]
 
 
+class CoordinatedSigns:
+    """CD-GraB's shared half: one float64 running sum across all workers, reset every
+    epoch.  The standalone ``CDGraB`` owns one; in the engine the master owns it and
+    the workers only place their pairs by the signs it returns."""
+
+    def __init__(self):
+        self.s = np.zeros(0)
+        self.epoch = -1
+
+    def signs(self, diffs: np.ndarray, epoch: int) -> np.ndarray:
+        """Signs for pair differences [M, Q, d] of the given epoch, in place order."""
+        if epoch != self.epoch or self.s.size != diffs.shape[2]:
+            self.s = np.zeros(diffs.shape[2])
+            self.epoch = epoch
+        eps = np.empty(diffs.shape[:2], dtype=np.int8)
+        cd_grab_signs(self.s, np.ascontiguousarray(diffs, dtype=np.float64), eps)
+        return eps
+
+    def state_dict(self) -> dict:
+        return {"s": self.s.copy(), "epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.s = np.asarray(state["s"], dtype=np.float64).copy()
+        self.epoch = int(state["epoch"])
+
+
 class CDGraB(_Pairs):
     """Coordinated distributed GraB: one running sum and one pair of pointers shared by
     all workers; signs decided pair index outer, worker rank inner.
@@ -269,20 +295,14 @@ class CDGraB(_Pairs):
         super().__init__(sizes, seed, workers)
         if len(set(self.sizes)) > 1:
             raise ValueError(f"cd_grab needs equal shard sizes, got {self.sizes}")
-        self.s = np.zeros(0)
+        self.shared = CoordinatedSigns()
 
     def _reset_sums(self):
-        self.s = np.zeros(self.dim)
+        pass  # the shared sum resets itself when the epoch number changes
 
     def signs(self, diffs: np.ndarray) -> np.ndarray:
         """The coordinated signs for pair differences [M, Q, d]; updates the shared sum."""
-        diffs = np.ascontiguousarray(diffs, dtype=np.float64)
-        if not self.dim:
-            self.dim = diffs.shape[2]
-            self._reset_sums()
-        eps = np.empty(diffs.shape[:2], dtype=np.int8)
-        cd_grab_signs(self.s, diffs, eps)
-        return eps
+        return self.shared.signs(np.asarray(diffs), self.epoch)
 
     def step(self, grads=None):
         rows = _per_worker(grads, len(self.sizes))
@@ -299,15 +319,23 @@ class CDGraB(_Pairs):
             first, second = self.pair_ids(i, 2 * diffs.shape[1])
             self._place(i, first, second, eps[i])
 
+    def pairs(self, i: int, grads: np.ndarray):
+        """Worker side in the engine: visit a batch, return (first, second, diffs)."""
+        return self._pairs(i, np.ascontiguousarray(grads, dtype=np.float64))
+
+    def place(self, i: int, first: np.ndarray, second: np.ndarray, eps: np.ndarray) -> None:
+        """Worker side in the engine: place a batch's pairs by the master's signs."""
+        self._place(i, first, second, eps)
+
     def _place(self, i, first, second, eps):
         self.left[i], self.right[i] = place_pairs(self.next[i], first, second, eps,
                                                   self.left[i], self.right[i])
 
     def state_dict(self):
         state = super().state_dict()
-        state["s"] = self.s.copy()
+        state["shared"] = self.shared.state_dict()
         return state
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        self.s = np.asarray(state["s"], dtype=np.float64).copy()
+        self.shared.load_state_dict(state["shared"])
