@@ -41,6 +41,11 @@ def _collective(comm: MPI.Comm, fn, *args):
     return value
 
 
+def _on_root(comm: MPI.Comm, fn, *args):
+    """``_collective`` for a step only rank 0 performs (reading a file, say)."""
+    return _collective(comm, fn if comm.Get_rank() == 0 else (lambda *_: None), *args)
+
+
 def _check_slurm(comm: MPI.Comm) -> None:
     ntasks = os.environ.get("SLURM_NTASKS")
     if ntasks and ntasks.isdigit() and int(ntasks) != comm.Get_size():
@@ -94,8 +99,8 @@ def _setup(comm: MPI.Comm, cfg: dict):
     return model, sizes, local
 
 
-def _check_resumable(cfg: dict, tree: dict, world_size: int, path: Path) -> None:
-    if int(tree["world_size"]) != world_size:
+def _check_resumable(tree: dict | None, world_size: int, path: Path | None) -> None:
+    if tree is not None and int(tree["world_size"]) != world_size:
         raise UserError(f"checkpoint {path} was written by {tree['world_size']} ranks, this job has "
                         f"{world_size}; resume with mpiexec -n {tree['world_size']}")
 
@@ -115,10 +120,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     rank = comm.Get_rank()
     cfg = from_json(C.bcast_text(comm, to_json(cfg) if rank == 0 else None))
     _collective(comm, _check_slurm, comm)
-    if rank == 0 and resume_tree is not None:
-        _collective(comm, _check_resumable, cfg, resume_tree, comm.Get_size(), resume_path)
-    elif resume_tree is None or rank > 0:
-        _collective(comm, lambda: None)
+    _on_root(comm, _check_resumable, resume_tree, comm.Get_size(), resume_path)
     _threads(cfg)
     C.fine_timer_slack()
     model, sizes, local = _collective(comm, _setup, comm, cfg)
@@ -135,10 +137,10 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         if resume_tree is None:
             init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
             master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
-            ready = _collective(comm, _prepare_run_dir, run_dir)
+            _on_root(comm, _prepare_run_dir, run_dir)
         else:
             states = master.load_state(resume_tree)
-            ready = _collective(comm, lambda: True)
+            _on_root(comm, lambda: None)
             for j, st in states.items():
                 master._send(C.job_buffer(None, master.version, 0), j, C.TAG_STATE_SET)
                 C.send_tree(comm, j, st)
@@ -146,10 +148,9 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
             what = "resuming" if resume_tree is not None else "training"
             print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
                   f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
-        del ready
         return master.run(fresh=resume_tree is None)
 
-    _collective(comm, lambda: True)
+    _on_root(comm, lambda: None)  # rank 0 prepares the run directory
     X, y, X_test, y_test = local
     ordering = make_ordering(cfg["order"]["kind"], [X.shape[0]], cfg["run"]["seed"], workers=[rank])
     cursor = EpochCursor(ordering)
@@ -172,10 +173,7 @@ def _prepare_run_dir(run_dir: Path) -> bool:
 
 
 def train(comm: MPI.Comm, config_path: str, overrides: list[str], quiet: bool = False) -> int:
-    cfg = _collective(comm, load_config, config_path, overrides) if comm.Get_rank() == 0 else None
-    if comm.Get_rank() != 0:
-        _collective(comm, lambda: None)
-    return run_job(comm, cfg, quiet=quiet)
+    return run_job(comm, _on_root(comm, load_config, config_path, overrides), quiet=quiet)
 
 
 def resume(comm: MPI.Comm, path: str, overrides: list[str], quiet: bool = False) -> int:
@@ -187,10 +185,10 @@ def resume(comm: MPI.Comm, path: str, overrides: list[str], quiet: bool = False)
             cfg["run"]["out"] = str(file.parent)
         return file, tree, cfg
 
-    if comm.Get_rank() == 0:
-        file, tree, cfg = _collective(comm, load)
-        if not quiet:
-            print(f"[hpcsgd] resuming from {file} (update {tree['update']})", flush=True)
-        return run_job(comm, cfg, resume_tree=tree, resume_path=file, quiet=quiet)
-    _collective(comm, lambda: None)
-    return run_job(comm, None, quiet=quiet)
+    loaded = _on_root(comm, load)
+    if loaded is None:
+        return run_job(comm, None, quiet=quiet)
+    file, tree, cfg = loaded
+    if not quiet:
+        print(f"[hpcsgd] resuming from {file} (update {tree['update']})", flush=True)
+    return run_job(comm, cfg, resume_tree=tree, resume_path=file, quiet=quiet)
