@@ -91,6 +91,10 @@ class EpochMirror:
         self._stale = True
         return actual
 
+    def at_epoch_end(self) -> bool:
+        """Every worker's next job starts a new epoch."""
+        return bool((self.pos >= self.sizes).all())
+
     def epoch(self) -> float:
         """Passes completed by the slowest worker (fractional)."""
         if self._stale:
@@ -425,6 +429,7 @@ class Master:
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Path:
         t = time.perf_counter()
+        self.method.flush(self)
         self.drain()
         states = {}
         for j in self.workers:
@@ -543,6 +548,7 @@ class Master:
             while not self.stop_reason:
                 t0 = time.perf_counter()
                 self._assign_pending()
+                self.method.flush(self)
                 t1 = time.perf_counter()
                 job = self.next_event()
                 t2 = time.perf_counter()

@@ -9,6 +9,7 @@ both clocks, so what a worker computes never depends on timing.
 from __future__ import annotations
 
 import time
+from collections import deque
 
 import numpy as np
 from mpi4py import MPI
@@ -38,7 +39,9 @@ class Worker:
         self.inbox = np.empty(C.JOB_HEADER + max(d, batch))
         self.result = np.empty(C.RESULT_HEADER + d * (1 + max_pairs))
         self.grads = np.empty((batch, d)) if self.per_example else None
-        self.awaiting: tuple[np.ndarray, np.ndarray] | None = None  # pairs waiting for signs
+        # CD-GraB pairs waiting for the master's signs, oldest first (signs may come one
+        # job late: the master computes them while this worker runs the next step)
+        self.awaiting: deque[tuple[np.ndarray, np.ndarray]] = deque()
         self.eval_reply = np.empty(C.EVAL_HEADER + d)
         self.status = MPI.Status()
         self.backoff = C.Backoff()
@@ -117,16 +120,16 @@ class Worker:
         first, second, diffs = self.cursor.ordering.pairs(0, G)
         d = grad.size
         out[C.RESULT_HEADER + d:C.RESULT_HEADER + d * (1 + first.size)] = diffs.reshape(-1)
-        self.awaiting = (first, second)
+        if first.size:
+            self.awaiting.append((first, second))
         return loss_sum, first.size
 
     def place_signs(self) -> None:
         count = self.status.Get_count(MPI.DOUBLE)
         eps = self.inbox[:count].astype(np.int8)
-        first, second = self.awaiting
+        first, second = self.awaiting.popleft()
         assert eps.size == first.size, f"worker {self.rank}: {eps.size} signs for {first.size} pairs"
         self.cursor.ordering.place(0, first, second, eps)
-        self.awaiting = None
 
     def _sleep(self, seconds: float, preemptible: bool) -> bool:
         """Injected straggler delay.  A preemptible job is abandoned as soon as the
@@ -160,6 +163,7 @@ class Worker:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
+        assert not self.awaiting, "the master flushes CD-GraB signs before every checkpoint"
         cur = self.cursor.state_dict()
         ordering = dict(cur["ordering"])
         order_rng = ordering.pop(f"rng_{self.rank}")

@@ -6,6 +6,8 @@ A method is a policy object the engine drives:
 - ``on_result(engine, result)`` sees every live result in event order (simulated
   time, or arrival order in the wall clock), may call ``engine.apply(...)`` to update
   the model, and returns the assignments to make next;
+- ``flush(engine)`` finishes work the method kept off the critical path; the engine
+  calls it right after sending new jobs, and before every checkpoint;
 - ``state_dict()`` / ``load_state_dict()`` hold whatever it needs to continue exactly.
 
 The engine owns the model, versions, clocks, traces and checkpoints; a method only

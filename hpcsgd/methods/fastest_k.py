@@ -57,11 +57,24 @@ class FastestK:
                      batch=self.batch, scale=1.0 / self.k)
         engine.cancel_jobs_before(engine.version)
         if self.signs is not None and self.diffs.shape[1]:
-            eps = self.signs.signs(self.diffs, r.epoch)
-            for j in range(1, self.n_workers + 1):
-                engine.send_signs(j, eps[j - 1])
+            # Workers need the signs only to finish the next epoch's order: compute them
+            # while the workers run the next step, unless that step starts a new epoch.
+            self.deferred_epoch = r.epoch
+            if engine.mirror.at_epoch_end():
+                self.flush(engine)
         self.contributors = []
         return self._round()
+
+    deferred_epoch = -1
+
+    def flush(self, engine) -> None:
+        """Finish work kept off the critical path: the last round's CD-GraB signs."""
+        if self.deferred_epoch < 0:
+            return
+        eps = self.signs.signs(self.diffs, self.deferred_epoch)
+        for j in range(1, self.n_workers + 1):
+            engine.send_signs(j, eps[j - 1])
+        self.deferred_epoch = -1
 
     def _keep_pairs(self, r) -> None:
         # results arrive in any order; the sign loop needs them by worker rank
@@ -73,7 +86,7 @@ class FastestK:
     # An update always closes a round, and checkpoints happen between updates, so the
     # partial sum is empty whenever state is saved.
     def state_dict(self) -> dict:
-        assert not self.contributors
+        assert not self.contributors and self.deferred_epoch < 0
         state = {"k": self.k, "batch": self.batch}
         if self.signs is not None:
             state["signs"] = self.signs.state_dict()
