@@ -10,10 +10,21 @@ from numba import njit
 
 @njit(cache=True)
 def _dot(s, v):
-    acc = 0.0
-    for k in range(s.size):
-        acc += s[k] * v[k]
-    return acc
+    # Four independent partial sums in a fixed order: the CPU overlaps them (one chain
+    # would wait on every add), and the result stays deterministic without fastmath.
+    n = s.size
+    a0 = a1 = a2 = a3 = 0.0
+    k = 0
+    while k + 4 <= n:
+        a0 += s[k] * v[k]
+        a1 += s[k + 1] * v[k + 1]
+        a2 += s[k + 2] * v[k + 2]
+        a3 += s[k + 3] * v[k + 3]
+        k += 4
+    while k < n:
+        a0 += s[k] * v[k]
+        k += 1
+    return (a0 + a1) + (a2 + a3)
 
 
 @njit(cache=True)
