@@ -43,6 +43,15 @@ FLAG_PREEMPTIBLE = 1  # any newer message from the master makes this job obsolet
  R_PAIRS) = range(9)
 RESULT_HEADER = 9
 
+
+
+def result_length(d: int, order: dict) -> int:
+    """Longest result message: header, gradient, and CD-GraB's pair differences
+    (B/2 per job; one every other job when B = 1)."""
+    pairs = max(order["batch"] // 2, 1) if order["kind"] == "cd_grab" else 0
+    return RESULT_HEADER + d * (1 + pairs)
+
+
 # Evaluation reply: sums over the worker's rows, then the gradient sum over train rows.
 (E_TRAIN_LOSS, E_TRAIN_N, E_TRAIN_CORRECT, E_TEST_LOSS, E_TEST_N, E_TEST_CORRECT) = range(6)
 EVAL_HEADER = 6

@@ -155,9 +155,7 @@ class Master:
         self.sends: list[tuple[MPI.Request, np.ndarray]] = []
         self.job_bufs: dict[tuple[int, int, int], np.ndarray] = {}  # (version, batch, flags)
         self.spare_job_bufs: list[np.ndarray] = []
-        batch = cfg["order"]["batch"]
-        max_pairs = max(batch // 2, 1) if cfg["order"]["kind"] == "cd_grab" else 0
-        self.recv_size = C.RESULT_HEADER + self.d * (1 + max_pairs)
+        self.recv_size = C.result_length(self.d, cfg["order"])
         self.free_bufs: list[np.ndarray] = []
         self.recv_bufs: dict[int, np.ndarray] = {}
         self.recvs = [self._post_recv(j) for j in self.workers]
@@ -171,7 +169,6 @@ class Master:
         self.progress_every = cfg["run"]["progress_every"]
         self.last_progress = time.perf_counter()
         self.progress_updates = 0
-        self.batch_loss = math.nan
 
     # ------------------------------------------------------------------ clocks
     def wall_time(self) -> float:
@@ -355,9 +352,6 @@ class Master:
                 return job
             if not self._receive_some():
                 backoff.wait()
-
-    def in_flight(self) -> int:
-        return sum(len(q) for q in self.jobs.values())
 
     def drain(self) -> None:
         """Wait for every job in flight.  Cancelled ones are dropped on arrival."""

@@ -35,9 +35,8 @@ class Worker:
         self.kind = cfg["order"]["kind"]
         self.per_example = self.kind in ("grab", "pair", "cd_grab")
         batch = cfg["order"]["batch"]
-        max_pairs = max(batch // 2, 1) if self.kind == "cd_grab" else 0
-        self.inbox = np.empty(C.JOB_HEADER + max(d, batch))
-        self.result = np.empty(C.RESULT_HEADER + d * (1 + max_pairs))
+        self.inbox = np.empty(C.JOB_HEADER + max(d, batch))  # a job, or up to B/2 signs
+        self.result = np.empty(C.result_length(d, cfg["order"]))
         self.grads = np.empty((batch, d)) if self.per_example else None
         # CD-GraB pairs waiting for the master's signs, oldest first (signs may come one
         # job late: the master computes them while this worker runs the next step)
