@@ -41,7 +41,8 @@ def load_run(path: str, label: str | None = None) -> Run:
     method = str(tree.get("method", "?"))
     if label is None:
         run_dir = p if p.is_dir() else file.parent
-        label = f"{run_dir.resolve().name} ({method})"
+        name = run_dir.resolve().name
+        label = name if method in name else f"{name} ({method})"
     trace = tree.get("trace") if isinstance(tree.get("trace"), dict) else {}
     ev = tree.get("eval") if isinstance(tree.get("eval"), dict) else {}
     return Run(label=label, file=file, method=method, trace=trace, eval=ev)
