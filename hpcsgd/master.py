@@ -397,6 +397,7 @@ class Master:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> None:
         t = time.perf_counter()
+        wall = self.wall_time()  # the row's time is when evaluation started, not ended
         buf = C.job_buffer(self.params, self.version, 0)
         for j in self.workers:
             self._send(buf, j, C.TAG_EVAL)
@@ -409,7 +410,7 @@ class Master:
         self.model.reg_grad_add(self.params, grad)
         reg = self.model.reg_value(self.params) + self.l1 * float(np.abs(self.params).sum())
         classify = self.model.kind != "least_squares"
-        row = dict(update=self.version, epoch=self.mirror.epoch(), wall_time=self.wall_time(),
+        row = dict(update=self.version, epoch=self.mirror.epoch(), wall_time=wall,
                    sim_time=self.sim_now if self.simulated else math.nan,
                    train_loss=tot[C.E_TRAIN_LOSS] / tot[C.E_TRAIN_N] + reg,
                    test_loss=tot[C.E_TEST_LOSS] / max(tot[C.E_TEST_N], 1),

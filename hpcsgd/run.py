@@ -132,15 +132,15 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
 
     if rank == 0:
         run_dir = Path(cfg["run"]["out"])
+        _on_root(comm, _prepare_run_dir if resume_tree is None else (lambda _: None), run_dir)
         method = make_method(cfg, M)
+        # The master posts its receives when built: only after the last set-up check.
         master = Master(comm, cfg, model, sizes, method, run_dir, quiet=quiet)
         if resume_tree is None:
             init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
             master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
-            _on_root(comm, _prepare_run_dir, run_dir)
         else:
             states = master.load_state(resume_tree)
-            _on_root(comm, lambda: None)
             for j, st in states.items():
                 master._send(C.job_buffer(None, master.version, 0), j, C.TAG_STATE_SET)
                 C.send_tree(comm, j, st)

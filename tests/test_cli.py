@@ -97,6 +97,7 @@ def test_existing_checkpoints_are_never_touched(job):
     assert files
     proc = run("train", str(cfg), *base)  # same run.out: refused
     assert proc.returncode == 2 and "already holds checkpoints" in proc.stderr
+    assert "pending" not in proc.stderr, "requests left behind at exit"
     proc = run("resume", str(out), "--set", "method.lr=1.0")  # trajectory key: refused
     assert proc.returncode == 2 and "cannot change on resume" in proc.stderr
     proc = run("resume", str(out), n=4)  # other world size: refused

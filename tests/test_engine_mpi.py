@@ -67,6 +67,7 @@ def test_sync_lowers_loss_and_rr_visits_every_example_once(data_dir):
         ev = tree["eval"]
         assert ev["train_loss"][-1] < 0.5 * ev["train_loss"][0], ev["train_loss"]
         assert ev["test_accuracy"][-1] > 0.85, ev["test_accuracy"]
+        assert np.all(np.diff(ev["wall_time"]) >= 0), "evaluation time leaked into wall_time"
         hist = tree["order"]["history"]
         M = comm().Get_size() - 1
         assert hist.shape[:2] == (3, M)
