@@ -88,24 +88,25 @@ class Model:
 
     Attributes: ``kind``, ``n_features``, ``n_classes`` (2 for logistic, C for
     softmax/mlp, 1 for least_squares), ``dim`` (= len(w)), ``l2``, ``nonconvex``.
+
+    A subclass names its kernel module (``_kernels``, one of ``hpcsgd.kernels``'
+    model modules); ``kernel_args`` are the extra trailing arguments its kernels take
+    (mlp: the number of hidden units).
     """
 
     kind: str = ""
     convex: bool = True
+    _kernels = None
 
-    def __init__(self, n_features: int, n_classes: int, dim: int, *, l2: float = 0.0, nonconvex: float = 0.0):
+    def __init__(self, n_features: int, n_classes: int, dim: int, *, l2: float = 0.0, nonconvex: float = 0.0,
+                 kernel_args: tuple = ()):
         self.n_features = int(n_features)
         self.n_classes = int(n_classes)
         self.dim = int(dim)
         self.l2 = float(l2)
         self.nonconvex = float(nonconvex)
         self._has_reg = self.l2 != 0.0 or self.nonconvex != 0.0
-
-    # -- kernels (subclasses set these) ----------------------------------------------
-    _k_loss = staticmethod(None)
-    _k_grad = staticmethod(None)
-    _k_pex = staticmethod(None)
-    _k_correct = staticmethod(None)
+        self._kargs = tuple(kernel_args)
 
     def __repr__(self) -> str:
         return (
@@ -141,12 +142,12 @@ class Model:
     def loss_sum(self, w, X, y, idx) -> float:
         """Sum over idx of per-example data loss (no regulariser)."""
         _check_data(X, y)
-        return self._k_loss(w, X, y, _as_idx(idx))
+        return self._kernels.loss_sum(w, X, y, _as_idx(idx), *self._kargs)
 
     def grad_sum(self, w, X, y, idx, out) -> float:
         """out[:] = sum over idx of per-example data gradients; returns the loss sum."""
         _check_data(X, y)
-        return self._k_grad(w, X, y, _as_idx(idx), out)
+        return self._kernels.grad_sum(w, X, y, _as_idx(idx), out, *self._kargs)
 
     def mean_grad(self, w, X, y, idx, out) -> float:
         """out[:] = mean data gradient over idx + grad R(w); returns mean data loss + R(w)."""
@@ -155,19 +156,19 @@ class Model:
         n = idx.shape[0]
         if n == 0:
             raise ValueError("mean_grad needs at least one example")
-        loss = self._k_grad(w, X, y, idx, out)
+        loss = self._kernels.grad_sum(w, X, y, idx, out, *self._kargs)
         reg = _mean_finish(w, self.l2, self.nonconvex, 1.0 / n, out)
         return loss / n + reg
 
     def per_example_grads(self, w, X, y, idx, out) -> None:
         """out[q, :] = data gradient of example idx[q]; out is float64 [len(idx), dim]."""
         _check_data(X, y)
-        self._k_pex(w, X, y, _as_idx(idx), out)
+        self._kernels.per_example_grads(w, X, y, _as_idx(idx), out, *self._kargs)
 
     def correct_count(self, w, X, y, idx) -> int:
         """Number of correct (argmax) predictions over idx; least_squares returns -1."""
         _check_data(X, y)
-        return int(self._k_correct(w, X, y, _as_idx(idx)))
+        return int(self._kernels.correct_count(w, X, y, _as_idx(idx), *self._kargs))
 
     def accuracy(self, w, X, y, idx) -> float:
         """Fraction of correct predictions over idx (NaN for least_squares or empty idx)."""
@@ -210,43 +211,39 @@ class Model:
         prox_l1(g, 0.0)
 
 
-class Logistic(Model):
+class _OneOutput(Model):
+    """A linear model with one output: w = [weights (p), bias]."""
+
+    _n_classes = 0  # what ``n_classes`` reports
+
+    def __init__(self, n_features: int, *, l2: float = 0.0, nonconvex: float = 0.0):
+        super().__init__(n_features, self._n_classes, n_features + 1, l2=l2, nonconvex=nonconvex)
+
+
+class Logistic(_OneOutput):
     """Binary logistic regression, y in {0, 1}; w = [weights (p), bias]."""
 
     kind = "logistic"
-    _k_loss = staticmethod(_lg.loss_sum)
-    _k_grad = staticmethod(_lg.grad_sum)
-    _k_pex = staticmethod(_lg.per_example_grads)
-    _k_correct = staticmethod(_lg.correct_count)
+    _kernels = _lg
+    _n_classes = 2
 
-    def __init__(self, n_features: int, *, l2: float = 0.0, nonconvex: float = 0.0):
-        super().__init__(n_features, 2, n_features + 1, l2=l2, nonconvex=nonconvex)
+
+class LeastSquares(_OneOutput):
+    """Linear regression, loss 0.5 (x.w + b - y)^2; w = [weights (p), bias]."""
+
+    kind = "least_squares"
+    _kernels = _ls
+    _n_classes = 1
 
 
 class Softmax(Model):
     """Multinomial logistic regression; w = [W (C x p row-major), b (C)]."""
 
     kind = "softmax"
-    _k_loss = staticmethod(_sm.loss_sum)
-    _k_grad = staticmethod(_sm.grad_sum)
-    _k_pex = staticmethod(_sm.per_example_grads)
-    _k_correct = staticmethod(_sm.correct_count)
+    _kernels = _sm
 
     def __init__(self, n_features: int, n_classes: int, *, l2: float = 0.0, nonconvex: float = 0.0):
         super().__init__(n_features, n_classes, n_classes * (n_features + 1), l2=l2, nonconvex=nonconvex)
-
-
-class LeastSquares(Model):
-    """Linear regression, loss 0.5 (x.w + b - y)^2; w = [weights (p), bias]."""
-
-    kind = "least_squares"
-    _k_loss = staticmethod(_ls.loss_sum)
-    _k_grad = staticmethod(_ls.grad_sum)
-    _k_pex = staticmethod(_ls.per_example_grads)
-    _k_correct = staticmethod(_ls.correct_count)
-
-    def __init__(self, n_features: int, *, l2: float = 0.0, nonconvex: float = 0.0):
-        super().__init__(n_features, 1, n_features + 1, l2=l2, nonconvex=nonconvex)
 
 
 class MLP(Model):
@@ -257,11 +254,12 @@ class MLP(Model):
 
     kind = "mlp"
     convex = False
+    _kernels = _mlp
 
     def __init__(self, n_features: int, n_classes: int, hidden: int, *, l2: float = 0.0, nonconvex: float = 0.0):
         self.hidden = int(hidden)
         dim = hidden * (n_features + 1) + n_classes * (hidden + 1)
-        super().__init__(n_features, n_classes, dim, l2=l2, nonconvex=nonconvex)
+        super().__init__(n_features, n_classes, dim, l2=l2, nonconvex=nonconvex, kernel_args=(self.hidden,))
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + f", hidden={self.hidden})"
@@ -274,32 +272,6 @@ class MLP(Model):
         o2 = H * (p + 1)
         w[o2 : o2 + C * H] = rng.normal(0.0, 1.0 / math.sqrt(H), C * H)
         return w
-
-    def loss_sum(self, w, X, y, idx) -> float:
-        _check_data(X, y)
-        return _mlp.loss_sum(w, X, y, _as_idx(idx), self.hidden)
-
-    def grad_sum(self, w, X, y, idx, out) -> float:
-        _check_data(X, y)
-        return _mlp.grad_sum(w, X, y, _as_idx(idx), out, self.hidden)
-
-    def mean_grad(self, w, X, y, idx, out) -> float:
-        _check_data(X, y)
-        idx = _as_idx(idx)
-        n = idx.shape[0]
-        if n == 0:
-            raise ValueError("mean_grad needs at least one example")
-        loss = _mlp.grad_sum(w, X, y, idx, out, self.hidden)
-        reg = _mean_finish(w, self.l2, self.nonconvex, 1.0 / n, out)
-        return loss / n + reg
-
-    def per_example_grads(self, w, X, y, idx, out) -> None:
-        _check_data(X, y)
-        _mlp.per_example_grads(w, X, y, _as_idx(idx), out, self.hidden)
-
-    def correct_count(self, w, X, y, idx) -> int:
-        _check_data(X, y)
-        return int(_mlp.correct_count(w, X, y, _as_idx(idx), self.hidden))
 
 
 def _int_arg(name: str, v) -> int:

@@ -7,6 +7,11 @@ chunk boundary of the blocked softmax/mlp kernels.
 """
 
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -392,3 +397,64 @@ def test_random_batches_property(case, B, seed):
     g = np.empty(model.dim)
     assert model.grad_sum(w, X, y, idx, g) == pytest.approx(ref_loss, rel=1e-11, abs=1e-12)
     np.testing.assert_allclose(g, ref_g, rtol=1e-9, atol=1e-11)
+
+
+# ----------------------------------------------------------------------------------
+# Numba cache: one directory per version of the kernel sources
+# ----------------------------------------------------------------------------------
+
+
+def test_cache_dir_is_keyed_by_every_kernel_source(tmp_path, monkeypatch):
+    import numba
+
+    import hpcsgd.kernels as K
+
+    kdir = Path(K.__file__).resolve().parent
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    d = Path(K.numba_cache_dir())
+    assert d == tmp_path / "hpcsgd" / f"numba-{K.source_hash(kdir)}" and d.is_dir()
+    if not os.environ.get("NUMBA_CACHE_DIR"):  # the running kernels use such a directory
+        assert Path(numba.config.CACHE_DIR).name == d.name
+        assert K.logistic.grad_sum._cache._cache_path.startswith(numba.config.CACHE_DIR)
+    # any byte of any file, or a new file, gives a new key
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("x = 1\n")
+    (src / "b.py").write_text("y = 2\n")
+    keys = {K.source_hash(src)}
+    (src / "b.py").write_text("y = 3\n")
+    keys.add(K.source_hash(src))
+    (src / "c.py").write_text("")
+    keys.add(K.source_hash(src))
+    assert len(keys) == 3
+
+
+def test_editing_a_helper_in_another_file_is_not_served_from_cache(tmp_path):
+    # A copy of the package: logistic's cached kernel inlines dense.dot4 from another
+    # file.  After dot4 is edited, the next process must run the new code.
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "hpcsgd", tmp_path / "hpcsgd", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = (
+        "import numpy as np\n"
+        "from hpcsgd.kernels import logistic\n"
+        "f = logistic.loss_sum\n"
+        "print(f(np.full(4, 0.5), np.ones((4, 3)), np.zeros(4), np.arange(4)),"
+        " sum(f._cache_hits.values()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(tmp_path))
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return float(out[0]), int(out[1])
+
+    loss, hits = run()
+    assert run() == (loss, 1)  # same sources: loaded from the cache
+    dense = tmp_path / "hpcsgd" / "kernels" / "dense.py"
+    text = dense.read_text()
+    assert text.count("    return a0, a1, a2, a3\n") == 1
+    dense.write_text(text.replace("    return a0, a1, a2, a3\n", "    return 2.0 * a0, 2.0 * a1, 2.0 * a2, 2.0 * a3\n"))
+    loss2, hits2 = run()
+    assert hits2 == 0 and loss2 != loss  # z = 2 * 1.5 + 0.5 instead of 1.5 + 0.5
+    assert loss2 == pytest.approx(4 * math.log1p(math.exp(3.5)))

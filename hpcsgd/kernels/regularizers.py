@@ -11,14 +11,12 @@ Floating-point flags: only ``contract`` (FMA), ``reassoc`` (vectorised sums) and
 ``nsz`` are enabled; ``nnan``/``ninf`` are NOT, so NaN and Inf propagate.
 """
 
-import numpy as np
 from numba import njit
 
-# Safe subset of fast-math: never "nnan"/"ninf" (NaN/Inf must propagate).
-_FM = {"contract", "reassoc", "nsz"}
+from .dense import FM
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def reg_value(w, l2, ncvx):
     """Return (l2/2)*||w||^2 + ncvx * sum w_i^2/(1+w_i^2) over ALL entries of w."""
     s2 = 0.0
@@ -34,7 +32,7 @@ def reg_value(w, l2, ncvx):
     return 0.5 * l2 * s2 + ncvx * sn
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def reg_grad_add(w, l2, ncvx, scale, out):
     """out += scale * grad R(w), R as in ``reg_value`` (all entries of w)."""
     n = w.shape[0]
@@ -52,7 +50,7 @@ def reg_grad_add(w, l2, ncvx, scale, out):
             out[i] += a * w[i]
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def mean_finish(w, l2, ncvx, inv_n, out):
     """One pass: out = inv_n * out + grad R(w); return R(w).
 
@@ -83,7 +81,7 @@ def mean_finish(w, l2, ncvx, inv_n, out):
     return 0.5 * l2 * s2 + ncvx * sn
 
 
-@njit(cache=True, fastmath=_FM, error_model="numpy")
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def prox_l1(w, t):
     """In place soft-threshold: w = sign(w) * max(|w| - t, 0) (all entries).
 
