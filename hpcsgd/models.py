@@ -13,8 +13,8 @@ classification); ``idx`` int64 row indices (a batch; repeats allowed).
 
 Regularisation ``R(w) = (l2/2) ||w||^2 + nonconvex * sum_i w_i^2 / (1 + w_i^2)`` is
 applied to ALL entries of ``w`` (biases included).  ``loss_sum``/``grad_sum``/
-``per_example_grads`` are data terms only; ``mean_grad`` adds ``R``.  l1 is applied
-separately by the proximal step ``prox_l1(w, t)``.
+``per_example_grads``/``pair_grads`` are data terms only; ``mean_grad`` adds ``R``.
+l1 is applied separately by the proximal step ``prox_l1(w, t)``.
 """
 
 from __future__ import annotations
@@ -165,6 +165,14 @@ class Model:
         _check_data(X, y)
         self._kernels.per_example_grads(w, X, y, _as_idx(idx), out, *self._kargs)
 
+    def pair_grads(self, w, X, y, idx, mean_out, diffs_out) -> float:
+        """In one pass over idx: mean_out[:] = mean data gradient (zeros for an empty
+        idx), diffs_out[q, :] = data gradient of idx[2q] minus that of idx[2q + 1]
+        (diffs_out is float64 [len(idx) // 2, dim]; an odd last example counts in the
+        mean only); returns the data loss sum.  No per-example matrix is formed."""
+        _check_data(X, y)
+        return self._kernels.pair_grads(w, X, y, _as_idx(idx), mean_out, diffs_out, *self._kargs)
+
     def correct_count(self, w, X, y, idx) -> int:
         """Number of correct (argmax) predictions over idx; least_squares returns -1."""
         _check_data(X, y)
@@ -203,6 +211,7 @@ class Model:
         self.grad_sum(w, X, y, idx, g)
         self.mean_grad(w, X, y, idx, g)
         self.per_example_grads(w, X, y, idx, np.empty((5, self.dim)))
+        self.pair_grads(w, X, y, idx, g, np.empty((2, self.dim)))
         self.correct_count(w, X, y, idx)
         _reg_value(w, 1.0, 1.0)
         _reg_value(w, 1.0, 0.0)

@@ -108,7 +108,18 @@ class Worker:
     def _balance_batch(self, w, idx, grad, out) -> tuple[float, int]:
         """Per-example gradients for a balancing order: the mean goes to ``grad``;
         independent orders balance here, CD-GraB ships its pair differences after the
-        gradient and waits for the master's signs."""
+        gradient and waits for the master's signs.  CD-GraB with no unpaired example
+        waiting and an even batch takes the mean and the pair differences in one pass
+        (``Model.pair_grads``), the differences written straight into ``out``."""
+        b = idx.size
+        if self.kind == "cd_grab" and b % 2 == 0 and self.cursor.ordering.pending_id[0] < 0:
+            d = grad.size
+            diffs = out[C.RESULT_HEADER + d:C.RESULT_HEADER + d * (1 + b // 2)].reshape(b // 2, d)
+            loss_sum = self.model.pair_grads(w, self.X, self.y, idx, grad, diffs)
+            first, second = self.cursor.ordering.pair_ids(0, b)
+            if first.size:
+                self.awaiting.append((first, second))
+            return loss_sum, b // 2
         G = self.grads[:idx.size]
         self.model.per_example_grads(w, self.X, self.y, idx, G)
         np.mean(G, axis=0, out=grad)

@@ -379,6 +379,66 @@ def test_bad_indices_and_labels_raise():
     assert model.loss_sum(w, X, y, [3, 0, 7]) == model.loss_sum(w, X, y, np.array([3, 0, 7], dtype=np.int32))
 
 
+def _check_pair_grads(model, w, X, y, idx, rtol=1e-12, atol=1e-14):
+    B = len(idx)
+    pex = np.empty((B, model.dim))
+    model.per_example_grads(w, X, y, idx, pex)
+    mean = np.full(model.dim, np.nan)  # must overwrite, not accumulate
+    diffs = np.full((B // 2, model.dim), np.nan)
+    loss = model.pair_grads(w, X, y, idx, mean, diffs)
+    assert loss == pytest.approx(model.loss_sum(w, X, y, idx), rel=rtol, abs=atol)
+    np.testing.assert_allclose(mean, pex.mean(0), rtol=rtol, atol=atol)
+    q = B // 2
+    np.testing.assert_allclose(diffs, pex[0 : 2 * q : 2] - pex[1 : 2 * q : 2], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize(
+    "idx",
+    [
+        IDX,  # odd (7): one 4-row block, one pair, one leftover row; repeated index
+        np.array([3, 0, 7, 3, 5, 1, 8, 2], dtype=np.int64),  # even (8): two blocks
+        np.array([6, 2, 2, 4, 1, 1], dtype=np.int64),  # even (6): block + pair, repeats
+        np.array([5, 5], dtype=np.int64),  # one pair of the same example: zero diff
+        np.array([4], dtype=np.int64),  # a single row: mean only
+        np.arange(9, dtype=np.int64)[::-1].copy(),
+    ],
+)
+def test_pair_grads_match_per_example_grads(case, idx):
+    model, w, X, y = make_problem(case, seed=3)
+    _check_pair_grads(model, w, X, y, idx)
+
+
+@pytest.mark.parametrize("kind,C", [("softmax", 3), ("mlp", 3), ("logistic", 2), ("least_squares", 1)])
+def test_pair_grads_wide_features(kind, C):
+    model, w, X, y = make_problem(dict(kind=kind, p=1100, C=C, H=3), n=12, seed=2, wscale=0.03)
+    _check_pair_grads(model, w, X, y, np.array([0, 11, 5, 5, 2, 9, 3, 1, 10, 4], dtype=np.int64), rtol=1e-11)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pair_grads_empty_batch_and_bad_shapes(case):
+    model, w, X, y = make_problem(case)
+    mean = np.full(model.dim, np.nan)
+    assert model.pair_grads(w, X, y, np.empty(0, dtype=np.int64), mean, np.empty((0, model.dim))) == 0.0
+    assert np.all(mean == 0.0)
+    with pytest.raises(ValueError):
+        model.pair_grads(w, X, y, IDX, mean, np.empty((len(IDX), model.dim)))  # not len(idx) // 2 rows
+    with pytest.raises(ValueError):
+        model.pair_grads(w, X, y, IDX, np.empty(model.dim + 1), np.empty((len(IDX) // 2, model.dim)))
+    with pytest.raises(IndexError):
+        model.pair_grads(w, X, y, np.array([0, 9], dtype=np.int64), mean, np.empty((1, model.dim)))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pair_grads_nan_propagates(case):
+    model, w, X, y = make_problem(case)
+    w[0] = np.nan
+    mean = np.empty(model.dim)
+    diffs = np.empty((len(IDX) // 2, model.dim))
+    assert math.isnan(model.pair_grads(w, X, y, IDX, mean, diffs))
+    assert np.isnan(mean).any() and np.isnan(diffs).any()
+
+
 def test_warm_up_runs():
     for kind, C in [("logistic", 2), ("softmax", 3), ("least_squares", 1), ("mlp", 2)]:
         make_model(kind, 3, C, hidden=2, l2=0.1).warm_up()

@@ -317,3 +317,115 @@ def per_example_grads(w, X, y, idx, out, C, grad_row, ctx):
         forward1(w, X[i], p, C, z)
         _example_grad(out[q], X[i], y[i], p, C, z, grad_row, ctx)
         q += 1
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _pair_layer(o, x0, x1, p, C, z0, z1):
+    """o[W] = z0 x0^T - z1 x1^T, o[b] = z0 - z1 (first-layer gradient difference)."""
+    cp = C * p
+    for c in range(C):
+        g0 = z0[c]
+        g1 = z1[c]
+        oc = o[c * p : (c + 1) * p]
+        for j in range(p):
+            oc[j] = g0 * x0[j] - g1 * x1[j]
+        o[cp + c] = g0 - g1
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def _pair_tail(mean, o, t, k0):
+    """mean[k0:] += o[k0:] + t[k0:]; o[k0:] -= t[k0:] (parameters past the first layer)."""
+    for j in range(k0, o.shape[0]):
+        a = o[j]
+        b = t[j]
+        mean[j] += a + b
+        o[j] = a - b
+
+
+@njit(inline="always")
+def _pair_rows(o, t, mean, x0, y0, x1, y1, p, C, z0, z1, grad_row, ctx):
+    """One pair, given both rows' first-layer outputs z0, z1: o[:] = grad0 - grad1 and
+    mean[past the first layer] += grad0 + grad1 (the caller adds the first layer's
+    part from z0, z1, which now hold dLoss/dz); t is scratch of len(o).  Returns the
+    two losses' sum."""
+    k0 = C * (p + 1)
+    for j in range(k0, o.shape[0]):
+        o[j] = 0.0
+        t[j] = 0.0
+    loss = grad_row(z0, y0, o, ctx) + grad_row(z1, y1, t, ctx)
+    _pair_tail(mean, o, t, k0)
+    _pair_layer(o, x0, x1, p, C, z0, z1)
+    return loss
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def scale(v, s):
+    """v *= s."""
+    for j in range(v.shape[0]):
+        v[j] *= s
+
+
+@njit(inline="always")
+def pair_grads(w, X, y, idx, mean_out, diffs_out, C, grad_row, ctx):
+    """In one pass over idx (B rows): mean_out[:] = mean per-example gradient (zeros if
+    B == 0), diffs_out[q, :] = grad(idx[2q]) - grad(idx[2q + 1]) for q < B // 2 (an odd
+    last row counts in the mean only); return the loss sum.  diffs_out is float64
+    [B // 2, len(w)]; scratch is O(len(w)), no per-example matrix is formed."""
+    check_batch(X, y, idx)
+    d = w.shape[0]
+    B = idx.shape[0]
+    if mean_out.shape[0] != d:
+        raise ValueError("len(mean_out) must equal len(w)")
+    if diffs_out.shape[0] != B // 2 or diffs_out.shape[1] != d:
+        raise ValueError("diffs_out must have shape (len(idx) // 2, len(w))")
+    for j in range(d):
+        mean_out[j] = 0.0
+    p = X.shape[1]
+    k0 = C * (p + 1)
+    G = np.empty((4, C))  # first-layer outputs, then their gradients, for 4 rows
+    t = np.empty(d)  # the second row's gradient past the first layer
+    total = 0.0
+    q = 0
+    # blocks of 4 rows = 2 pairs (q stays even, so blocks never split a pair)
+    while q + 4 <= B:
+        i0 = idx[q]
+        i1 = idx[q + 1]
+        i2 = idx[q + 2]
+        i3 = idx[q + 3]
+        x0 = X[i0]
+        x1 = X[i1]
+        x2 = X[i2]
+        x3 = X[i3]
+        forward4(w, x0, x1, x2, x3, p, C, G)
+        h = q // 2
+        total += _pair_rows(diffs_out[h], t, mean_out, x0, y[i0], x1, y[i1], p, C, G[0], G[1], grad_row, ctx)
+        total += _pair_rows(diffs_out[h + 1], t, mean_out, x2, y[i2], x3, y[i3], p, C, G[2], G[3], grad_row, ctx)
+        grad_add4(mean_out, x0, x1, x2, x3, p, C, G)
+        q += 4
+    if q + 2 <= B:
+        i0 = idx[q]
+        i1 = idx[q + 1]
+        x0 = X[i0]
+        x1 = X[i1]
+        z0 = G[0]
+        z1 = G[1]
+        forward1(w, x0, p, C, z0)
+        forward1(w, x1, p, C, z1)
+        total += _pair_rows(diffs_out[q // 2], t, mean_out, x0, y[i0], x1, y[i1], p, C, z0, z1, grad_row, ctx)
+        grad_add1(mean_out, x0, p, C, z0)
+        grad_add1(mean_out, x1, p, C, z1)
+        q += 2
+    if q < B:  # odd last row: the mean only
+        i = idx[q]
+        x = X[i]
+        z = G[0]
+        forward1(w, x, p, C, z)
+        for j in range(k0, d):
+            t[j] = 0.0
+        total += grad_row(z, y[i], t, ctx)
+        for j in range(k0, d):
+            mean_out[j] += t[j]
+        grad_add1(mean_out, x, p, C, z)
+    if B > 0:
+        scale(mean_out, 1.0 / B)
+    return total

@@ -48,6 +48,13 @@ def per_example_grads(w, X, y, idx, out):
     linear.per_example_grads(w, X, y, idx, out, _loss_resid)
 
 
+@njit(cache=True, fastmath=FM, error_model="numpy")
+def pair_grads(w, X, y, idx, mean_out, diffs_out):
+    """One pass: mean_out[:] = mean gradient over idx, diffs_out[q] = grad(idx[2q]) -
+    grad(idx[2q+1]) (shape [len(idx) // 2, p + 1]); return the loss sum."""
+    return linear.pair_grads(w, X, y, idx, mean_out, diffs_out, _loss_resid)
+
+
 @njit(cache=True, error_model="numpy")
 def correct_count(w, X, y, idx):
     """Regression has no accuracy: always returns -1 (after validating arguments)."""

@@ -129,3 +129,79 @@ def per_example_grads(w, X, y, idx, out, link):
         x = X[i]
         _write_grad(out[q], x, link(dot1(wv, x, p) + b, y[i])[1], p)
         q += 1
+
+
+@njit(inline="always")
+def pair_grads(w, X, y, idx, mean_out, diffs_out, link):
+    """In one pass over idx (B rows): mean_out[:] = mean per-example gradient (zeros if
+    B == 0), diffs_out[q, :] = grad(idx[2q]) - grad(idx[2q + 1]) for q < B // 2 (an odd
+    last row counts in the mean only); return the loss sum.  diffs_out is float64
+    [B // 2, p + 1]; no scratch beyond registers."""
+    check(w, X, y, idx)
+    p = X.shape[1]
+    B = idx.shape[0]
+    if mean_out.shape[0] != p + 1:
+        raise ValueError("len(mean_out) must be n_features + 1")
+    if diffs_out.shape[0] != B // 2 or diffs_out.shape[1] != p + 1:
+        raise ValueError("diffs_out must have shape (len(idx) // 2, n_features + 1)")
+    wv = w[:p]
+    b = w[p]
+    mv = mean_out[:p]
+    for j in range(p):
+        mv[j] = 0.0
+    total = 0.0
+    gb = 0.0
+    q = 0
+    # blocks of 4 rows = 2 pairs (q stays even, so blocks never split a pair)
+    while q + 4 <= B:
+        i0, i1, i2, i3 = idx[q], idx[q + 1], idx[q + 2], idx[q + 3]
+        x0, x1, x2, x3 = X[i0], X[i1], X[i2], X[i3]
+        a0, a1, a2, a3 = dot4(wv, x0, x1, x2, x3, p)
+        l0, r0 = link(a0 + b, y[i0])
+        l1, r1 = link(a1 + b, y[i1])
+        l2, r2 = link(a2 + b, y[i2])
+        l3, r3 = link(a3 + b, y[i3])
+        total += (l0 + l1) + (l2 + l3)
+        gb += (r0 + r1) + (r2 + r3)
+        da = diffs_out[q // 2]
+        db = diffs_out[q // 2 + 1]
+        for j in range(p):
+            t0 = r0 * x0[j]
+            t1 = r1 * x1[j]
+            t2 = r2 * x2[j]
+            t3 = r3 * x3[j]
+            mv[j] += (t0 + t1) + (t2 + t3)
+            da[j] = t0 - t1
+            db[j] = t2 - t3
+        da[p] = r0 - r1
+        db[p] = r2 - r3
+        q += 4
+    if q + 2 <= B:
+        i0, i1 = idx[q], idx[q + 1]
+        x0, x1 = X[i0], X[i1]
+        l0, r0 = link(dot1(wv, x0, p) + b, y[i0])
+        l1, r1 = link(dot1(wv, x1, p) + b, y[i1])
+        total += l0 + l1
+        gb += r0 + r1
+        da = diffs_out[q // 2]
+        for j in range(p):
+            t0 = r0 * x0[j]
+            t1 = r1 * x1[j]
+            mv[j] += t0 + t1
+            da[j] = t0 - t1
+        da[p] = r0 - r1
+        q += 2
+    if q < B:  # odd last row: the mean only
+        i = idx[q]
+        x = X[i]
+        loss, r = link(dot1(wv, x, p) + b, y[i])
+        total += loss
+        gb += r
+        for j in range(p):
+            mv[j] += r * x[j]
+    mean_out[p] = gb
+    if B > 0:
+        s = 1.0 / B
+        for j in range(p + 1):
+            mean_out[j] *= s
+    return total

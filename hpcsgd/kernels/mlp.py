@@ -111,6 +111,13 @@ def per_example_grads(w, X, y, idx, out, n_hidden):
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
+def pair_grads(w, X, y, idx, mean_out, diffs_out, n_hidden):
+    """One pass: mean_out[:] = mean gradient over idx, diffs_out[q] = grad(idx[2q]) -
+    grad(idx[2q+1]) (shape [len(idx) // 2, len(w)]); return the loss sum."""
+    return dense.pair_grads(w, X, y, idx, mean_out, diffs_out, n_hidden, _grad_row, _ctx(w, X, n_hidden))
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def correct_count(w, X, y, idx, n_hidden):
     """Number of rows whose argmax logit (first on ties) equals the label."""
     return int(dense.row_sum(w, X, y, idx, n_hidden, _hit_row, _ctx(w, X, n_hidden)))

@@ -132,6 +132,13 @@ def per_example_grads(w, X, y, idx, out):
 
 
 @njit(cache=True, fastmath=FM, error_model="numpy")
+def pair_grads(w, X, y, idx, mean_out, diffs_out):
+    """One pass: mean_out[:] = mean gradient over idx, diffs_out[q] = grad(idx[2q]) -
+    grad(idx[2q+1]) (shape [len(idx) // 2, C*(p+1)]); return the loss sum."""
+    return dense.pair_grads(w, X, y, idx, mean_out, diffs_out, _n_classes(w, X), _grad_row, ())
+
+
+@njit(cache=True, fastmath=FM, error_model="numpy")
 def correct_count(w, X, y, idx):
     """Number of rows whose argmax logit (first on ties) equals the label."""
     return int(dense.row_sum(w, X, y, idx, _n_classes(w, X), _hit_row, ()))
