@@ -58,6 +58,19 @@ def row_sum(w, X, y, idx, f):
 
 
 @njit(inline="always")
+def _rows4(wv, b, X, y, idx, q, p, link):
+    """Rows idx[q..q+3]: their feature rows, summed loss and dloss/dz, in one pass."""
+    i0, i1, i2, i3 = idx[q], idx[q + 1], idx[q + 2], idx[q + 3]
+    x0, x1, x2, x3 = X[i0], X[i1], X[i2], X[i3]
+    a0, a1, a2, a3 = dot4(wv, x0, x1, x2, x3, p)
+    l0, r0 = link(a0 + b, y[i0])
+    l1, r1 = link(a1 + b, y[i1])
+    l2, r2 = link(a2 + b, y[i2])
+    l3, r3 = link(a3 + b, y[i3])
+    return x0, x1, x2, x3, (l0 + l1) + (l2 + l3), r0, r1, r2, r3
+
+
+@njit(inline="always")
 def grad_sum(w, X, y, idx, out, link):
     """out[:] = sum over idx of per-example gradients; return the loss sum."""
     check(w, X, y, idx)
@@ -74,14 +87,8 @@ def grad_sum(w, X, y, idx, out, link):
     gb = 0.0
     q = 0
     while q + 4 <= B:
-        i0, i1, i2, i3 = idx[q], idx[q + 1], idx[q + 2], idx[q + 3]
-        x0, x1, x2, x3 = X[i0], X[i1], X[i2], X[i3]
-        a0, a1, a2, a3 = dot4(wv, x0, x1, x2, x3, p)
-        l0, r0 = link(a0 + b, y[i0])
-        l1, r1 = link(a1 + b, y[i1])
-        l2, r2 = link(a2 + b, y[i2])
-        l3, r3 = link(a3 + b, y[i3])
-        total += (l0 + l1) + (l2 + l3)
+        x0, x1, x2, x3, loss, r0, r1, r2, r3 = _rows4(wv, b, X, y, idx, q, p, link)
+        total += loss
         gb += (r0 + r1) + (r2 + r3)
         for j in range(p):
             ov[j] += (r0 * x0[j] + r1 * x1[j]) + (r2 * x2[j] + r3 * x3[j])
@@ -154,14 +161,8 @@ def pair_grads(w, X, y, idx, mean_out, diffs_out, link):
     q = 0
     # blocks of 4 rows = 2 pairs (q stays even, so blocks never split a pair)
     while q + 4 <= B:
-        i0, i1, i2, i3 = idx[q], idx[q + 1], idx[q + 2], idx[q + 3]
-        x0, x1, x2, x3 = X[i0], X[i1], X[i2], X[i3]
-        a0, a1, a2, a3 = dot4(wv, x0, x1, x2, x3, p)
-        l0, r0 = link(a0 + b, y[i0])
-        l1, r1 = link(a1 + b, y[i1])
-        l2, r2 = link(a2 + b, y[i2])
-        l3, r3 = link(a3 + b, y[i3])
-        total += (l0 + l1) + (l2 + l3)
+        x0, x1, x2, x3, loss, r0, r1, r2, r3 = _rows4(wv, b, X, y, idx, q, p, link)
+        total += loss
         gb += (r0 + r1) + (r2 + r3)
         da = diffs_out[q // 2]
         db = diffs_out[q // 2 + 1]
