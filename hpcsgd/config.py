@@ -62,10 +62,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "init_scale": Key(0.01, (int, float), "standard deviation for init = normal", positive=True),
     },
     "method": {
-        "kind": Key("sync", str, "update rule", choices=("sync", "fastest_k")),
+        "kind": Key("sync", str, "update rule", choices=("sync", "fastest_k", "adaptive_k")),
         "lr": Key(0.1, (int, float), "step size", positive=True),
         "momentum": Key(0.0, (int, float), "heavy-ball momentum at the master (0 = plain SGD)", minimum=0),
         "k": Key(0, int, "replies waited for by fastest_k (0 = all workers)", minimum=0),
+        "k0": Key(1, int, "adaptive_k: replies waited for in the first stage", minimum=1),
+        "k_step": Key(1, int, "adaptive_k: how much k grows at each stage switch", minimum=1),
+        "burn_in": Key(20, int, "adaptive_k: updates in a stage before the switching test counts",
+                       minimum=0),
     },
     "order": {
         "kind": Key("rr", str, "per-worker example order", choices=("rr", "so", "grab", "pair", "cd_grab")),
@@ -186,6 +190,9 @@ def check_world(cfg: dict, n_workers: int) -> None:
     if k > n_workers:
         raise UserError(f"config: method.k = {k} exceeds the number of workers M = {n_workers} "
                         f"(allowed: 1..{n_workers}, or 0 for all)")
+    if cfg["method"]["kind"] == "adaptive_k" and cfg["method"]["k0"] > n_workers:
+        raise UserError(f"config: method.k0 = {cfg['method']['k0']} exceeds the number of workers "
+                        f"M = {n_workers} (allowed: 1..{n_workers})")
     bad = [j for j in cfg["stragglers"]["slow_workers"] if j > n_workers]
     if bad:
         raise UserError(f"config: stragglers.slow_workers {bad} are not worker ranks "

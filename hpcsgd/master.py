@@ -364,7 +364,7 @@ class Master:
 
     # ------------------------------------------------------------------ updates
     def apply(self, grad: np.ndarray, *, contributors: list[int], staleness: int, batch: int,
-              step_size: float | None = None, scale: float = 1.0) -> None:
+              step_size: float | None = None, scale: float = 1.0, extra: dict | None = None) -> None:
         """Step along ``scale * grad``, built from the listed workers' results.
 
         Scaling inside the fused step kernel saves a pass over d when a method hands
@@ -387,7 +387,7 @@ class Master:
                           sim_time=self.sim_now if self.simulated else math.nan,
                           worker=worker, staleness=staleness, step_size=lr, k=k, batch=batch,
                           samples_computed=self.row_samples, messages=self.row_messages,
-                          compute_seconds=self.row_compute)
+                          compute_seconds=self.row_compute, **(extra or {}))
         self.row_samples = 0
         self.row_messages = 0
         self.row_compute = 0.0

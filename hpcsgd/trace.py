@@ -38,8 +38,11 @@ class Table:
                 grown = np.zeros(2 * self.n, dtype=self.dtypes[name])
                 grown[:self.n] = self.data[name][:self.n]
                 self.data[name] = grown
+        for name, value in row.items():
+            if name not in self.dtypes:  # a method's own column, e.g. its stage
+                self.add_column(name, np.int32)
         for name in self.dtypes:
-            self.data[name][self.n] = row[name]
+            self.data[name][self.n] = row.get(name, 0)
         self.n += 1
 
     def last(self, name: str):

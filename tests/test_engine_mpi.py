@@ -144,11 +144,12 @@ def test_simulated_clock_is_bit_reproducible(data_dir, method):
     on_root(check)
 
 
-@pytest.mark.parametrize("method", ["sync", "fastest_k"])
+@pytest.mark.parametrize("method", ["sync", "fastest_k", "adaptive_k"])
 def test_resume_continues_exactly(data_dir, method):
     from conftest import shared_dir
     base = shared_dir()
-    common = (*SIM, f"method.kind='{method}'", "method.k=1", "run.eval_every=5", "order.batch=8")
+    common = (*SIM, f"method.kind='{method}'", "method.k=1", "run.eval_every=5", "order.batch=8",
+              "method.burn_in=2")
     assert train(data_dir, base / "whole", *common, "run.max_updates=40", "run.checkpoint_every=20") == 0
     assert train(data_dir, base / "half", *common, "run.max_updates=20") == 0
     assert resume(base / "half", "run.max_updates=40") == 0
@@ -157,6 +158,9 @@ def test_resume_continues_exactly(data_dir, method):
         whole, half = load(base / "whole"), load(base / "half")
         assert int(half["update"]) == 40
         compare_runs(whole, half)
+        if method == "adaptive_k":
+            k = whole["trace"]["k"]
+            assert np.all(np.diff(k) >= 0) and np.all(np.diff(whole["trace"]["stage"]) >= 0)
         assert np.array_equal(whole["order"]["perm"], half["order"]["perm"])
     on_root(check)
 

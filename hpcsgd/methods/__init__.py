@@ -14,6 +14,7 @@ The engine owns the model, versions, clocks, traces and checkpoints; a method on
 decides what to apply and who computes what next.
 """
 
+from hpcsgd.methods.adaptive_k import AdaptiveK
 from hpcsgd.methods.fastest_k import FastestK
 
 
@@ -23,6 +24,9 @@ def make_method(cfg: dict, n_workers: int):
     if kind == "sync":
         return FastestK(n_workers, n_workers, batch, name="sync",
                         coordinate=cfg["order"]["kind"] == "cd_grab")
+    if kind == "adaptive_k":
+        m = cfg["method"]
+        return AdaptiveK(m["k0"], m["k_step"], m["burn_in"], n_workers, batch)
     if kind == "fastest_k":
         return FastestK(cfg["method"]["k"] or n_workers, n_workers, batch, name="fastest_k")
     raise AssertionError(f"config validation lets through unknown method {kind!r}")

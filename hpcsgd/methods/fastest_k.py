@@ -54,7 +54,8 @@ class FastestK:
         if len(self.contributors) < self.k:
             return []
         engine.apply(total, contributors=self.contributors, staleness=engine.version - r.version,
-                     batch=self.batch, scale=1.0 / self.k)
+                     batch=self.batch, scale=1.0 / self.k, extra=self.trace_extra())
+        self.after_update(total, 1.0 / self.k)
         engine.cancel_jobs_before(engine.version)
         if self.signs is not None and self.diffs.shape[1]:
             # Workers need the signs only to finish the next epoch's order: compute them
@@ -66,6 +67,13 @@ class FastestK:
         return self._round()
 
     deferred_epoch = -1
+
+    def trace_extra(self) -> dict | None:
+        """Extra trace columns for this update (subclasses add e.g. a stage)."""
+        return None
+
+    def after_update(self, total: np.ndarray, scale: float) -> None:
+        """Called with the applied gradient (scale * total) before its buffer is reused."""
 
     def flush(self, engine) -> None:
         """Finish work kept off the critical path: the last round's CD-GraB signs."""
