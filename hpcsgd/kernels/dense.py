@@ -239,6 +239,15 @@ def row_sum(w, X, y, idx, C, row_fn, ctx):
 
 
 @njit(inline="always")
+def _rows4(w, X, idx, q, p, C, G):
+    """Rows idx[q..q+3]: their ids and feature rows, with the first layer in G."""
+    i0, i1, i2, i3 = idx[q], idx[q + 1], idx[q + 2], idx[q + 3]
+    x0, x1, x2, x3 = X[i0], X[i1], X[i2], X[i3]
+    forward4(w, x0, x1, x2, x3, p, C, G)
+    return i0, i1, i2, i3, x0, x1, x2, x3
+
+
+@njit(inline="always")
 def grad_sum(w, X, y, idx, out, C, grad_row, ctx):
     """out[:] = sum over idx of per-example gradients; return the loss sum."""
     check_batch(X, y, idx)
@@ -254,15 +263,7 @@ def grad_sum(w, X, y, idx, out, C, grad_row, ctx):
     q = 0
     # blocks of 4 rows: each weight and gradient chunk is touched once per block
     while q + 4 <= B:
-        i0 = idx[q]
-        i1 = idx[q + 1]
-        i2 = idx[q + 2]
-        i3 = idx[q + 3]
-        x0 = X[i0]
-        x1 = X[i1]
-        x2 = X[i2]
-        x3 = X[i3]
-        forward4(w, x0, x1, x2, x3, p, C, G)
+        i0, i1, i2, i3, x0, x1, x2, x3 = _rows4(w, X, idx, q, p, C, G)
         total += (grad_row(G[0], y[i0], out, ctx) + grad_row(G[1], y[i1], out, ctx)) + (
             grad_row(G[2], y[i2], out, ctx) + grad_row(G[3], y[i3], out, ctx)
         )
@@ -388,15 +389,7 @@ def pair_grads(w, X, y, idx, mean_out, diffs_out, C, grad_row, ctx):
     q = 0
     # blocks of 4 rows = 2 pairs (q stays even, so blocks never split a pair)
     while q + 4 <= B:
-        i0 = idx[q]
-        i1 = idx[q + 1]
-        i2 = idx[q + 2]
-        i3 = idx[q + 3]
-        x0 = X[i0]
-        x1 = X[i1]
-        x2 = X[i2]
-        x3 = X[i3]
-        forward4(w, x0, x1, x2, x3, p, C, G)
+        i0, i1, i2, i3, x0, x1, x2, x3 = _rows4(w, X, idx, q, p, C, G)
         h = q // 2
         total += _pair_rows(diffs_out[h], t, mean_out, x0, y[i0], x1, y[i1], p, C, G[0], G[1], grad_row, ctx)
         total += _pair_rows(diffs_out[h + 1], t, mean_out, x2, y[i2], x3, y[i3], p, C, G[2], G[3], grad_row, ctx)
