@@ -156,7 +156,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     cursor = EpochCursor(ordering)
     if cfg["order"]["record_history"]:
         cursor.history = []
-    delay = DelayModel(cfg["stragglers"], rank, M, make_stream(cfg["run"]["seed"], rank, STREAM_DELAY))
+    delay = DelayModel(cfg["stragglers"], rank, make_stream(cfg["run"]["seed"], rank, STREAM_DELAY))
     return Worker(comm, cfg, model, X, y, X_test, y_test, cursor, delay).run()
 
 

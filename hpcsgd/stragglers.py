@@ -40,7 +40,7 @@ def set_stream_state(rng: np.random.Generator, text: str) -> None:
 class DelayModel:
     """Draws job durations for one worker."""
 
-    def __init__(self, cfg_stragglers: dict, worker: int, n_workers: int, rng: np.random.Generator):
+    def __init__(self, cfg_stragglers: dict, worker: int, rng: np.random.Generator):
         s = cfg_stragglers
         self.kind = s["model"]
         factor = float(worker) if s["speeds"] == "linear" else 1.0

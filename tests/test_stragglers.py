@@ -9,7 +9,7 @@ from hpcsgd.stragglers import DelayModel, make_stream
 
 def model(worker=1, **stragglers):
     cfg = resolve({"stragglers": stragglers})["stragglers"]
-    return DelayModel(cfg, worker, 4, make_stream(0, worker, 2))
+    return DelayModel(cfg, worker, make_stream(0, worker, 2))
 
 
 @pytest.mark.parametrize("kind", ["fixed", "exp", "shifted_exp", "gamma", "normal", "uniform", "poisson"])

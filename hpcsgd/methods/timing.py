@@ -41,7 +41,7 @@ class IterationTimeModel:
         self.M = n_workers
         self.samples = samples
         rng = make_stream(seed, 0, STREAM_TIMING)
-        self.models = [DelayModel(stragglers, j, n_workers, rng) for j in range(1, n_workers + 1)]
+        self.models = [DelayModel(stragglers, j, rng) for j in range(1, n_workers + 1)]
         self.sorted_times: dict[int, np.ndarray] = {}
 
     def exponential_mean(self, b: int) -> float | None:

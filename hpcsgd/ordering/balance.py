@@ -26,10 +26,7 @@ from hpcsgd.ordering.base import Ordering
 
 
 def _per_worker(batch, n_workers: int) -> list[np.ndarray]:
-    if isinstance(batch, np.ndarray) and batch.ndim == 3:
-        rows = list(batch)
-    else:
-        rows = list(batch)
+    rows = list(batch)  # an array [M, B, d] or a sequence of M arrays [b_j, d]
     if len(rows) != n_workers:
         raise ValueError(f"expected gradients for {n_workers} workers, got {len(rows)}")
     return [np.ascontiguousarray(r, dtype=np.float64) for r in rows]
