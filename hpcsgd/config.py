@@ -62,14 +62,30 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "init_scale": Key(0.01, (int, float), "standard deviation for init = normal", positive=True),
     },
     "method": {
-        "kind": Key("sync", str, "update rule", choices=("sync", "fastest_k", "adaptive_k")),
+        "kind": Key("sync", str, "update rule",
+                    choices=("sync", "fastest_k", "adaptive_k", "adaptive_kb")),
         "lr": Key(0.1, (int, float), "step size", positive=True),
         "momentum": Key(0.0, (int, float), "heavy-ball momentum at the master (0 = plain SGD)", minimum=0),
         "k": Key(0, int, "replies waited for by fastest_k (0 = all workers)", minimum=0),
         "k0": Key(1, int, "adaptive_k: replies waited for in the first stage", minimum=1),
         "k_step": Key(1, int, "adaptive_k: how much k grows at each stage switch", minimum=1),
-        "burn_in": Key(20, int, "adaptive_k: updates in a stage before the switching test counts",
+        "burn_in": Key(20, int, "adaptive_k, adaptive_kb: updates in a stage before the switching "
+                       "test counts", minimum=0),
+        "targets": Key([], list, "adaptive_kb: effective batches K_1 < K_2 < ... of the stages "
+                       "(empty = order.batch x (k0, k0 + k_step, ..., M))"),
+        "switch": Key("test", str, "adaptive_kb: next stage when the Pflug-type test fires, or at the "
+                      "bound-optimal error level (needs the bound_* keys)", choices=("test", "bound")),
+        "bound_c": Key(0.0, (int, float), "switch = bound: strong convexity c of the objective",
                        minimum=0),
+        "bound_L": Key(0.0, (int, float), "switch = bound: smoothness L of the objective", minimum=0),
+        "bound_sigma2": Key(0.0, (int, float), "switch = bound: per-sample gradient variance sigma^2",
+                            minimum=0),
+        "bound_gap0": Key(0.0, (int, float), "switch = bound: initial suboptimality F(w_0) - F*",
+                          minimum=0),
+        "refresh_every": Key(20, int, "adaptive_kb, wall clock: updates between re-estimates of the "
+                             "iteration time from measured response times", minimum=1),
+        "mc_samples": Key(4000, int, "adaptive_kb: Monte Carlo draws per estimate of mu(k, b)",
+                          minimum=100),
     },
     "order": {
         "kind": Key("rr", str, "per-worker example order", choices=("rr", "so", "grab", "pair", "cd_grab")),
@@ -177,8 +193,40 @@ def _check_cross(cfg: dict) -> None:
     if order == "cd_grab" and cfg["method"]["kind"] != "sync":
         raise UserError(f"config: order.kind = 'cd_grab' coordinates all workers every step and needs "
                         f"method.kind = 'sync' (got {cfg['method']['kind']!r})")
+    if cfg["method"]["kind"] == "adaptive_kb":
+        _check_adaptive_kb(cfg)
     if cfg["run"]["epochs"] == 0 and cfg["run"]["max_updates"] == 0:
         raise UserError("config: run.epochs and run.max_updates are both 0; set at least one stopping rule")
+
+
+def _check_adaptive_kb(cfg: dict) -> None:
+    m, order = cfg["method"], cfg["order"]["kind"]
+    if order not in ("rr", "so"):
+        raise UserError(f"config: method.kind = 'adaptive_kb' changes the per-worker batch between "
+                        f"stages; order.kind must be rr or so (got {order!r})")
+    t = m["targets"]
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in t) or \
+            any(b <= a for a, b in zip(t, t[1:])):
+        raise UserError(f"config: method.targets must be increasing positive integers "
+                        f"(effective batches K_1 < K_2 < ...), got {t!r}")
+    if m["switch"] == "bound":
+        missing = [f"method.{k}" for k in ("bound_c", "bound_L", "bound_sigma2", "bound_gap0") if not m[k] > 0]
+        if missing:
+            raise UserError(f"config: method.switch = 'bound' needs {', '.join(missing)} > 0 "
+                            f"(the constants of the error bound)")
+        if m["lr"] * m["bound_L"] > 1.0:
+            raise UserError(f"config: method.lr = {m['lr']} exceeds 1/method.bound_L = "
+                            f"{1.0 / m['bound_L']:.6g}; the error bound behind switch = 'bound' "
+                            f"needs lr <= 1/L")
+
+
+def check_shards(cfg: dict, n_workers: int, smallest_shard: int) -> None:
+    """Checks that need the workers' shard sizes."""
+    if cfg["method"]["kind"] == "adaptive_kb" and cfg["method"]["targets"]:
+        top = cfg["method"]["targets"][-1]
+        if top > n_workers * smallest_shard:
+            raise UserError(f"config: method.targets reaches {top} samples per update, more than "
+                            f"{n_workers} workers x {smallest_shard} rows (the smallest shard) hold")
 
 
 def check_world(cfg: dict, n_workers: int) -> None:
@@ -190,7 +238,7 @@ def check_world(cfg: dict, n_workers: int) -> None:
     if k > n_workers:
         raise UserError(f"config: method.k = {k} exceeds the number of workers M = {n_workers} "
                         f"(allowed: 1..{n_workers}, or 0 for all)")
-    if cfg["method"]["kind"] == "adaptive_k" and cfg["method"]["k0"] > n_workers:
+    if cfg["method"]["kind"] in ("adaptive_k", "adaptive_kb") and cfg["method"]["k0"] > n_workers:
         raise UserError(f"config: method.k0 = {cfg['method']['k0']} exceeds the number of workers "
                         f"M = {n_workers} (allowed: 1..{n_workers})")
     bad = [j for j in cfg["stragglers"]["slow_workers"] if j > n_workers]

@@ -62,6 +62,7 @@ class Result:
     batch: int
     samples: int
     duration: float
+    delay_comm: float
     compute_seconds: float
     loss_sum: float
     abandoned: bool
@@ -246,7 +247,8 @@ class Master:
         h = buf[:C.RESULT_HEADER]
         r = Result(worker=worker, version=int(h[C.R_VERSION]),
                    batch=int(h[C.R_BATCH]), samples=int(h[C.R_SAMPLES]),
-                   duration=float(h[C.R_DURATION]), compute_seconds=float(h[C.R_COMPUTE_S]),
+                   duration=float(h[C.R_DURATION]), delay_comm=float(h[C.R_DELAY_COMM]),
+                   compute_seconds=float(h[C.R_COMPUTE_S]),
                    loss_sum=float(h[C.R_LOSS_SUM]), abandoned=bool(h[C.R_ABANDONED]),
                    epoch=int(h[C.R_EPOCH]), grad=buf[C.RESULT_HEADER:C.RESULT_HEADER + self.d],
                    pairs=buf[C.RESULT_HEADER + self.d:
@@ -270,6 +272,7 @@ class Master:
                 heapq.heappush(self.ready, (job.t_done, worker, job.seq))
         else:
             job.t_done = self.wall_time()
+            self.method.observe(job, r)
             if job.cancelled:
                 self._count_dropped(job, started=r.samples > 0)
                 self._forget(job)

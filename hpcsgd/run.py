@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from hpcsgd import checkpoint
 from hpcsgd import comm as C
-from hpcsgd.config import check_world, from_json, load_config, resume_config, to_json
+from hpcsgd.config import check_shards, check_world, from_json, load_config, resume_config, to_json
 from hpcsgd.data import open_dataset, partition, read_labels, read_rows, split_even
 from hpcsgd.errors import UserError
 from hpcsgd.kernels import optim
@@ -90,6 +90,7 @@ def _setup(comm: MPI.Comm, cfg: dict):
         n_min = min(len(p) for p in parts)
         parts = [p[:n_min] for p in parts]
     sizes = [len(p) for p in parts]
+    check_shards(cfg, M, min(sizes))
     local = None
     if rank > 0:
         X, y = read_rows(info, "train", parts[rank - 1])
@@ -133,7 +134,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     if rank == 0:
         run_dir = Path(cfg["run"]["out"])
         _on_root(comm, _prepare_run_dir if resume_tree is None else (lambda _: None), run_dir)
-        method = make_method(cfg, M)
+        method = make_method(cfg, M, min(sizes))
         # The master posts its receives when built: only after the last set-up check.
         master = Master(comm, cfg, model, sizes, method, run_dir, quiet=quiet)
         if resume_tree is None:

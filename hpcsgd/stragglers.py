@@ -54,34 +54,43 @@ class DelayModel:
         self.cv = s["cv"]
         self.rng = rng
 
-    def _draw(self, mean: float) -> float:
-        if mean <= 0.0:
-            return 0.0
-        rng, kind = self.rng, self.kind
-        if kind == "fixed":
-            return mean
-        if kind == "exp":
-            return rng.exponential(mean)
-        if kind == "shifted_exp":
-            base = min(self.shift, 1.0) * mean
-            return base + rng.exponential(mean - base) if mean > base else base
-        if kind == "gamma":
-            return rng.gamma(self.shape, mean / self.shape)
-        if kind == "normal":
-            return abs(rng.normal(mean, self.cv * mean))
-        if kind == "uniform":
-            return rng.uniform(0.0, 2.0 * mean)
-        if kind == "poisson":
-            return float(rng.poisson(mean))
-        raise AssertionError(kind)
+    def draw(self, batch: int, rng: np.random.Generator | None = None, size: int | None = None):
+        """(communication, computation) seconds for one job of ``batch`` samples, from the
+        worker's stream; or ``size`` independent pairs of arrays from ``rng`` (Monte
+        Carlo).  The constant ``offset`` counts as communication."""
+        rng = self.rng if rng is None else rng
+        if self.kind == "none":
+            return (0.0, 0.0) if size is None else (np.zeros(size), np.zeros(size))
+        comm = self.offset + self._sample(self.comm_mean, rng, size)
+        if self.kind == "gamma" and self.compute_mean > 0.0:
+            compute = rng.gamma(self.shape * batch, self.compute_mean / self.shape, size)
+        else:
+            compute = batch * self._sample(self.compute_mean, rng, size)
+        return comm, compute
 
     def duration(self, batch: int) -> float:
-        """Seconds for one job of ``batch`` samples (0 for model 'none')."""
-        if self.kind == "none":
-            return 0.0
-        comm = self._draw(self.comm_mean)
-        if self.kind == "gamma" and self.compute_mean > 0.0:
-            compute = self.rng.gamma(self.shape * batch, self.compute_mean / self.shape)
-        else:
-            compute = batch * self._draw(self.compute_mean)
-        return self.offset + comm + compute
+        """Seconds for one job of ``batch`` samples."""
+        comm, compute = self.draw(batch)
+        return comm + compute
+
+    def _sample(self, mean: float, rng: np.random.Generator, size: int | None):
+        """One draw (``size=None``) or ``size`` draws with the given mean."""
+        kind = self.kind
+        if mean <= 0.0 or kind == "fixed":
+            return max(mean, 0.0) if size is None else np.full(size, max(mean, 0.0))
+        if kind == "exp":
+            return rng.exponential(mean, size)
+        if kind == "shifted_exp":
+            base = min(self.shift, 1.0) * mean
+            if mean <= base:
+                return base if size is None else np.full(size, base)
+            return base + rng.exponential(mean - base, size)
+        if kind == "gamma":
+            return rng.gamma(self.shape, mean / self.shape, size)
+        if kind == "normal":
+            return np.abs(rng.normal(mean, self.cv * mean, size))
+        if kind == "uniform":
+            return rng.uniform(0.0, 2.0 * mean, size)
+        if kind == "poisson":
+            return 1.0 * rng.poisson(mean, size)
+        raise AssertionError(kind)

@@ -81,7 +81,17 @@ class Worker:
         w = h[C.JOB_HEADER:]
         idx = self.cursor.next_batch(batch)
         assert idx.size == batch, f"worker {self.rank}: master expected batch {batch}, order gives {idx.size}"
+        # The batch and the delay are drawn even for a dropped job, so that what later
+        # jobs compute never depends on timing.
+        delay_comm, delay_compute = self.delay.draw(idx.size)
         out = self.result
+        preemptible = bool(flags & C.FLAG_PREEMPTIBLE)
+        if preemptible and not self.simulated and not self.per_example and \
+                self.comm.Iprobe(source=0, tag=MPI.ANY_TAG):
+            # The master already sent something newer: this job is obsolete, skip it.
+            # (A balancing order needs every example's gradient to place it: no skip.)
+            self._reply(version, idx.size, 0, delay_comm, delay_compute, 0.0, 0.0, True, 0)
+            return
         d = self.model.dim
         grad = out[C.RESULT_HEADER:C.RESULT_HEADER + d]
         t = time.perf_counter()
@@ -93,16 +103,23 @@ class Worker:
             grad *= 1.0 / idx.size
         self.model.reg_grad_add(w, grad)
         compute = time.perf_counter() - t
-        duration = self.delay.duration(idx.size)
+        duration = delay_comm + delay_compute
         abandoned = False
         if not self.simulated and duration > 0.0:
-            abandoned = self._sleep(duration, preemptible=bool(flags & C.FLAG_PREEMPTIBLE))
-        out[C.R_VERSION], out[C.R_BATCH], out[C.R_SAMPLES] = version, idx.size, idx.size
-        out[C.R_DURATION], out[C.R_COMPUTE_S], out[C.R_LOSS_SUM] = duration, compute, loss_sum
+            abandoned = self._sleep(duration, preemptible)
+        self._reply(version, idx.size, idx.size, delay_comm, delay_compute, compute, loss_sum,
+                    abandoned, n_pairs)
+
+    def _reply(self, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
+               abandoned, n_pairs) -> None:
+        out = self.result
+        out[C.R_VERSION], out[C.R_BATCH], out[C.R_SAMPLES] = version, batch, samples
+        out[C.R_DURATION], out[C.R_DELAY_COMM] = delay_comm + delay_compute, delay_comm
+        out[C.R_COMPUTE_S], out[C.R_LOSS_SUM] = compute, loss_sum
         out[C.R_ABANDONED] = abandoned
         out[C.R_EPOCH], out[C.R_PAIRS] = self.cursor.epochs_started, n_pairs
         # An abandoned job's gradient is never used: send the header only.
-        n = C.RESULT_HEADER if abandoned else C.RESULT_HEADER + d * (1 + n_pairs)
+        n = C.RESULT_HEADER if abandoned else C.RESULT_HEADER + self.model.dim * (1 + n_pairs)
         self.comm.Send(out[:n], dest=0, tag=C.TAG_RESULT)
 
     def _balance_batch(self, w, idx, grad, out) -> tuple[float, int]:

@@ -63,5 +63,5 @@ def test_k_never_exceeds_m_and_state_round_trips():
     assert m.k == 4
     copy = AdaptiveK(k0=1, step=1, burn_in=5, n_workers=4, batch=2)
     copy.load_state_dict(m.state_dict())
-    assert (copy.k, copy.stage, copy.in_stage, copy.S) == (m.k, m.stage, m.in_stage, m.S)
-    assert np.array_equal(copy.prev, m.prev)
+    assert (copy.k, copy.stage, copy.switch.in_stage, copy.switch.S) == (m.k, m.stage, m.switch.in_stage, m.switch.S)
+    assert np.array_equal(copy.switch.prev, m.switch.prev)

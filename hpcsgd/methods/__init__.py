@@ -6,6 +6,8 @@ A method is a policy object the engine drives:
 - ``on_result(engine, result)`` sees every live result in event order (simulated
   time, or arrival order in the wall clock), may call ``engine.apply(...)`` to update
   the model, and returns the assignments to make next;
+- ``observe(job, result)`` (wall clock) sees every reply when it arrives, including
+  replies to cancelled jobs, e.g. to measure response times;
 - ``flush(engine)`` finishes work the method kept off the critical path; the engine
   calls it right after sending new jobs, and before every checkpoint;
 - ``state_dict()`` / ``load_state_dict()`` hold whatever it needs to continue exactly.
@@ -15,18 +17,46 @@ decides what to apply and who computes what next.
 """
 
 from hpcsgd.methods.adaptive_k import AdaptiveK
+from hpcsgd.methods.adaptive_kb import AdaptiveKB
 from hpcsgd.methods.fastest_k import FastestK
+from hpcsgd.methods.switching import BoundSwitch, PflugTest
+from hpcsgd.methods.timing import IterationTimeModel, MeasuredTimeModel
 
 
-def make_method(cfg: dict, n_workers: int):
+def stage_targets(cfg: dict, n_workers: int) -> list[int]:
+    """adaptive_kb's effective batches: method.targets, or by default adaptive_k's
+    k0, k0 + k_step, ..., M replies times order.batch (the same noise floors)."""
+    m, batch = cfg["method"], cfg["order"]["batch"]
+    if m["targets"]:
+        return list(m["targets"])
+    ks = list(range(min(m["k0"], n_workers), n_workers, m["k_step"])) + [n_workers]
+    return [k * batch for k in ks]
+
+
+def make_method(cfg: dict, n_workers: int, max_batch: int):
+    """The configured method; ``max_batch`` is the smallest worker shard."""
     kind = cfg["method"]["kind"]
     batch = cfg["order"]["batch"]
+    m = cfg["method"]
     if kind == "sync":
         return FastestK(n_workers, n_workers, batch, name="sync",
                         coordinate=cfg["order"]["kind"] == "cd_grab")
     if kind == "adaptive_k":
-        m = cfg["method"]
         return AdaptiveK(m["k0"], m["k_step"], m["burn_in"], n_workers, batch)
     if kind == "fastest_k":
-        return FastestK(cfg["method"]["k"] or n_workers, n_workers, batch, name="fastest_k")
+        return FastestK(m["k"] or n_workers, n_workers, batch, name="fastest_k")
+    if kind == "adaptive_kb":
+        seed = cfg["run"]["seed"]
+        if cfg["run"]["clock"] == "simulated":
+            times = IterationTimeModel(cfg["stragglers"], n_workers, seed, samples=m["mc_samples"])
+        else:
+            times = MeasuredTimeModel(n_workers, seed, samples=m["mc_samples"])
+        bound = None
+        if m["switch"] == "bound":
+            bound = {"lr": m["lr"], "c": m["bound_c"], "L": m["bound_L"], "sigma2": m["bound_sigma2"]}
+            switch = BoundSwitch(m["lr"], m["bound_c"], m["bound_gap0"])
+        else:
+            switch = PflugTest(m["burn_in"])
+        return AdaptiveKB(stage_targets(cfg, n_workers), n_workers, times, max_batch=max_batch,
+                          switch=switch, bound=bound, refresh_every=m["refresh_every"])
     raise AssertionError(f"config validation lets through unknown method {kind!r}")

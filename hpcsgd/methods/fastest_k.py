@@ -72,6 +72,9 @@ class FastestK:
         """Extra trace columns for this update (subclasses add e.g. a stage)."""
         return None
 
+    def observe(self, job, r) -> None:
+        """Wall clock: sees every reply as it arrives, cancelled jobs' included."""
+
     def after_update(self, total: np.ndarray, scale: float) -> None:
         """Called with the applied gradient (scale * total) before its buffer is reused."""
 

@@ -1,0 +1,119 @@
+"""Adaptive (k, b) (ALGORITHMS.md section 2, a reconstruction of seed 001's policy):
+fastest-k SGD run through stages of target effective batch K_1 < K_2 < ...; in stage s
+every worker computes b samples and the master waits for k replies, with
+
+    (k_s, b_s) = argmin over k of mu(k, ceil(K_s / k))
+
+so that the noise floor a ~ 1/(k b) <= 1/K_s is reached at the least expected time per
+iteration.  Where per-sample times add up, many workers with small batches beat a few
+with big ones: total computation (M b per iteration) drops, replies per update (k) rise.
+
+The next stage starts when the switching rule fires (the Pflug-type test, or the
+bound-optimal level of ``switching.BoundSwitch``).  mu comes from the configured delay
+model in the simulated clock, and from measured response times in the wall clock, where
+(k, b) is re-chosen every ``refresh_every`` updates as the estimates improve; until every
+worker has reported twice the stage waits for all M workers, so that all are measured.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hpcsgd.methods.fastest_k import FastestK
+from hpcsgd.methods.switching import BoundSwitch, PflugTest, noise_floor, switch_level
+from hpcsgd.methods.timing import MeasuredTimeModel
+
+MIN_MEASURED = 2  # jobs per worker before measured times are trusted
+
+
+class AdaptiveKB(FastestK):
+    def __init__(self, targets: list[int], n_workers: int, times, *, max_batch: int,
+                 switch: PflugTest | BoundSwitch, bound: dict | None = None, refresh_every: int = 20):
+        self.targets = list(targets)
+        self.times = times
+        self.measured = isinstance(times, MeasuredTimeModel)
+        self.max_batch = max_batch
+        self.switch = switch
+        self.bound = bound  # {"lr", "c", "L", "sigma2"} for the bound-optimal switch
+        self.refresh_every = refresh_every
+        self.since_refresh = 0
+        self.informed = not self.measured  # (k, b) chosen from real estimates yet?
+        self.stage = 0
+        self.last_overhead = np.zeros(n_workers + 1)  # measured transfer time per worker
+        super().__init__(n_workers, n_workers, 1, name="adaptive_kb")
+        self.k, self.batch = self._choose(0)
+        self.switch.enter(*self._levels())
+
+    def _choose(self, stage: int) -> tuple[int, int]:
+        target = self.targets[stage]
+        if not self.informed:
+            return self.n_workers, math.ceil(target / self.n_workers)
+        return self.times.best_kb(target, self.max_batch)
+
+    def _levels(self) -> tuple[float, float]:
+        """(floor of this stage, error level at which to leave it), for BoundSwitch."""
+        if self.bound is None:
+            return ()
+        b = self.bound
+        floor = noise_floor(b["lr"], b["c"], b["L"], b["sigma2"], self.k * self.batch)
+        if self.stage + 1 == len(self.targets) or not self.informed:
+            return floor, -math.inf
+        kn, bn = self._choose(self.stage + 1)
+        level = switch_level(self.times.mu(self.k, self.batch), floor, self.times.mu(kn, bn),
+                             noise_floor(b["lr"], b["c"], b["L"], b["sigma2"], kn * bn))
+        return floor, level
+
+    def trace_extra(self) -> dict:
+        return {"stage": self.stage}
+
+    def observe(self, job, r) -> None:
+        """Wall clock: record the job's communication time and compute time per sample.
+        A worker's own times (real compute plus injected delays, in full even when the
+        job was abandoned) make every job a sample, stragglers included."""
+        if not self.measured or r.samples == 0:
+            return
+        busy = r.compute_seconds + r.duration
+        if not job.cancelled:
+            self.last_overhead[r.worker] = max(0.0, job.t_done - job.t_assign - busy)
+        per_sample = (r.compute_seconds + r.duration - r.delay_comm) / r.samples
+        self.times.observe(r.worker, r.delay_comm + self.last_overhead[r.worker], per_sample)
+
+    def after_update(self, total: np.ndarray, scale: float) -> None:
+        if self.switch.fires(total, scale) and self.stage + 1 < len(self.targets):
+            self.stage += 1
+            self.k, self.batch = self._choose(self.stage)
+            self.switch.enter(*self._levels())
+            return
+        if not self.measured:
+            return
+        self.since_refresh += 1
+        due = self.since_refresh >= self.refresh_every if self.informed else self.times.seen() >= MIN_MEASURED
+        if due:
+            self.informed = True
+            self.since_refresh = 0
+            self.times.refresh()
+            self.k, self.batch = self._choose(self.stage)
+            if self.bound is not None:
+                self.switch.enter(*self._levels())
+
+    def state_dict(self) -> dict:
+        state = {**super().state_dict(), "stage": self.stage, "switch": self.switch.state_dict(),
+                 "since_refresh": self.since_refresh, "informed": int(self.informed)}
+        if self.measured:
+            state["times"] = self.times.state_dict()
+            state["last_overhead"] = self.last_overhead.copy()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.stage = int(state["stage"])
+        self.since_refresh = int(state["since_refresh"])
+        self.informed = bool(state["informed"])
+        if self.measured:
+            self.times.load_state_dict(state["times"])
+            self.last_overhead[:] = state["last_overhead"]
+        self.switch.load_state_dict(state["switch"])
+        if self.bound is not None:
+            self.switch.enter(*self._levels())
