@@ -72,6 +72,10 @@ class Result:
     buf: np.ndarray = field(repr=False)
 
 
+def _carries_gradient(r: Result) -> bool:
+    return r.samples > 0 and not r.abandoned
+
+
 class EpochMirror:
     """The master's copy of each worker's epoch cursor (batches never cross epochs)."""
 
@@ -274,15 +278,19 @@ class Master:
             job.t_done = self.wall_time()
             self.method.observe(job, r)
             if job.cancelled:
-                self._count_dropped(job, started=r.samples > 0)
+                self._count_dropped(job, started=r.samples > 0, sent_gradient=_carries_gradient(r))
                 self._forget(job)
             else:
                 heapq.heappush(self.ready, (self.arrivals, worker, job.seq))
                 self.arrivals += 1
 
-    def _count_dropped(self, job: Job, started: bool) -> None:
-        """A dropped job's reply and work count as load, in the current trace row."""
-        self.row_messages += 1
+    def _count_dropped(self, job: Job, started: bool, sent_gradient: bool = False) -> None:
+        """A dropped job's work counts as load in the current trace row (a whole batch
+        once started), and its reply as a message if it carried a gradient: messages
+        count parameter vectors sent and gradients received, not bare acknowledgements
+        (a worker answers an abandoned job with a header only)."""
+        if sent_gradient:
+            self.row_messages += 1
         if started:
             self.row_samples += job.batch
 
@@ -308,7 +316,8 @@ class Master:
                 job.cancel_time = t
                 if not self.simulated:
                     if job.result is not None:
-                        self._count_dropped(job, started=job.result.samples > 0)
+                        self._count_dropped(job, started=job.result.samples > 0,
+                                            sent_gradient=_carries_gradient(job.result))
                         self._forget(job)
                     continue  # counted and forgotten when its reply arrives
                 if job.result is None:
