@@ -71,9 +71,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "k_step": Key(1, int, "adaptive_k: how much k grows at each stage switch", minimum=1),
         "burn_in": Key(20, int, "adaptive_k, adaptive_kb: updates in a stage before the switching "
                        "test counts", minimum=0),
-        "targets": Key([], list, "adaptive_kb: effective batches K_1 < K_2 < ... of the stages "
-                       "(empty = order.batch x (k0, k0 + k_step, ..., M))"),
-        "switch": Key("test", str, "adaptive_kb: next stage when the Pflug-type test fires, or at the "
+        "targets": Key([], list, "adaptive_k, adaptive_kb: effective batches K_1 < K_2 < ... of the "
+                       "stages (empty = order.batch x (k0, k0 + k_step, ..., M))"),
+        "switch": Key("test", str, "adaptive_k, adaptive_kb: next stage when the Pflug-type test fires, or at the "
                       "bound-optimal error level (needs the bound_* keys)", choices=("test", "bound")),
         "bound_c": Key(0.0, (int, float), "switch = bound: strong convexity c of the objective",
                        minimum=0),
@@ -82,9 +82,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             minimum=0),
         "bound_gap0": Key(0.0, (int, float), "switch = bound: initial suboptimality F(w_0) - F*",
                           minimum=0),
-        "refresh_every": Key(20, int, "adaptive_kb, wall clock: updates between re-estimates of the "
+        "refresh_every": Key(20, int, "adaptive_k, adaptive_kb, wall clock: updates between re-estimates of the "
                              "iteration time from measured response times", minimum=1),
-        "mc_samples": Key(4000, int, "adaptive_kb: Monte Carlo draws per estimate of mu(k, b)",
+        "mc_samples": Key(4000, int, "adaptive_k, adaptive_kb: Monte Carlo draws per estimate of mu(k, b)",
                           minimum=100),
     },
     "order": {
@@ -193,15 +193,15 @@ def _check_cross(cfg: dict) -> None:
     if order == "cd_grab" and cfg["method"]["kind"] != "sync":
         raise UserError(f"config: order.kind = 'cd_grab' coordinates all workers every step and needs "
                         f"method.kind = 'sync' (got {cfg['method']['kind']!r})")
-    if cfg["method"]["kind"] == "adaptive_kb":
-        _check_adaptive_kb(cfg)
+    if cfg["method"]["kind"] in ("adaptive_k", "adaptive_kb"):
+        _check_staged(cfg)
     if cfg["run"]["epochs"] == 0 and cfg["run"]["max_updates"] == 0:
         raise UserError("config: run.epochs and run.max_updates are both 0; set at least one stopping rule")
 
 
-def _check_adaptive_kb(cfg: dict) -> None:
+def _check_staged(cfg: dict) -> None:
     m, order = cfg["method"], cfg["order"]["kind"]
-    if order not in ("rr", "so"):
+    if m["kind"] == "adaptive_kb" and order not in ("rr", "so"):
         raise UserError(f"config: method.kind = 'adaptive_kb' changes the per-worker batch between "
                         f"stages; order.kind must be rr or so (got {order!r})")
     t = m["targets"]
@@ -222,8 +222,13 @@ def _check_adaptive_kb(cfg: dict) -> None:
 
 def check_shards(cfg: dict, n_workers: int, smallest_shard: int) -> None:
     """Checks that need the workers' shard sizes."""
-    if cfg["method"]["kind"] == "adaptive_kb" and cfg["method"]["targets"]:
+    if cfg["method"]["kind"] in ("adaptive_k", "adaptive_kb") and cfg["method"]["targets"]:
         top = cfg["method"]["targets"][-1]
+        batch = cfg["order"]["batch"]
+        if cfg["method"]["kind"] == "adaptive_k" and top > n_workers * batch:
+            raise UserError(f"config: method.targets reaches {top} samples per update, but adaptive_k "
+                            f"keeps order.batch = {batch} and has {n_workers} workers (at most "
+                            f"{n_workers * batch}); use adaptive_kb to grow the batch")
         if top > n_workers * smallest_shard:
             raise UserError(f"config: method.targets reaches {top} samples per update, more than "
                             f"{n_workers} workers x {smallest_shard} rows (the smallest shard) hold")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcsgd.config import (SCHEMA, check_world, load_config, parse_override, resolve,
+from hpcsgd.config import (SCHEMA, check_shards, check_world, load_config, parse_override, resolve,
                            resume_config)
 from hpcsgd.errors import UserError
 
@@ -39,6 +39,13 @@ def test_defaults_and_run_out_from_stem(tmp_path):
     ("[run]\nepochs = 0\n", r"both 0"),
     ("method = 3\n", r"'method' must be a table"),
     ("[run\n", r"invalid TOML"),
+    ("[method]\nkind = \"adaptive_kb\"\n[order]\nkind = \"grab\"\n", r"order\.kind must be rr or so"),
+    ("[method]\nkind = \"adaptive_kb\"\ntargets = [16, 8]\n", r"method\.targets must be increasing"),
+    ("[method]\nkind = \"adaptive_k\"\ntargets = [4, 0]\n", r"method\.targets must be increasing"),
+    ("[method]\nkind = \"adaptive_kb\"\nswitch = \"bound\"\nbound_c = 1.0\n",
+     r"needs method\.bound_L, method\.bound_sigma2, method\.bound_gap0 > 0"),
+    ("[method]\nkind = \"adaptive_kb\"\nswitch = \"bound\"\nlr = 0.5\nbound_c = 1\nbound_L = 4\n"
+     "bound_sigma2 = 1\nbound_gap0 = 1\n", r"method\.lr = 0\.5 exceeds 1/method\.bound_L = 0\.25"),
 ])
 def test_bad_config_names_key(tmp_path, text, pattern):
     with pytest.raises(UserError, match=pattern):
@@ -73,6 +80,17 @@ def test_world_checks():
         check_world(resolve({}), 0)
     with pytest.raises(UserError, match=r"slow_workers \[7\]"):
         check_world(resolve({"stragglers": {"slow_workers": [7]}}), 4)
+
+
+def test_shard_checks_for_staged_methods():
+    kb = resolve({"method": {"kind": "adaptive_kb", "targets": [16, 400]}})
+    check_shards(kb, 4, 100)
+    with pytest.raises(UserError, match=r"reaches 400 samples per update, more than 3 workers x 100 rows"):
+        check_shards(kb, 3, 100)
+    k = resolve({"method": {"kind": "adaptive_k", "targets": [16, 80]}, "order": {"batch": 16}})
+    check_shards(k, 5, 1000)
+    with pytest.raises(UserError, match=r"adaptive_k keeps order\.batch = 16 .* use adaptive_kb"):
+        check_shards(k, 4, 1000)
 
 
 def test_resume_only_changes_resumable_keys():

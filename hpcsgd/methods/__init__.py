@@ -16,16 +16,15 @@ The engine owns the model, versions, clocks, traces and checkpoints; a method on
 decides what to apply and who computes what next.
 """
 
-from hpcsgd.methods.adaptive_k import AdaptiveK
-from hpcsgd.methods.adaptive_kb import AdaptiveKB
 from hpcsgd.methods.fastest_k import FastestK
+from hpcsgd.methods.staged import StagedFastestK
 from hpcsgd.methods.switching import BoundSwitch, PflugTest
 from hpcsgd.methods.timing import IterationTimeModel, MeasuredTimeModel
 
 
 def stage_targets(cfg: dict, n_workers: int) -> list[int]:
-    """adaptive_kb's effective batches: method.targets, or by default adaptive_k's
-    k0, k0 + k_step, ..., M replies times order.batch (the same noise floors)."""
+    """The stages' effective batches: method.targets, or by default
+    (k0, k0 + k_step, ..., M) x order.batch, adaptive k-sync's stages."""
     m, batch = cfg["method"], cfg["order"]["batch"]
     if m["targets"]:
         return list(m["targets"])
@@ -41,11 +40,9 @@ def make_method(cfg: dict, n_workers: int, max_batch: int):
     if kind == "sync":
         return FastestK(n_workers, n_workers, batch, name="sync",
                         coordinate=cfg["order"]["kind"] == "cd_grab")
-    if kind == "adaptive_k":
-        return AdaptiveK(m["k0"], m["k_step"], m["burn_in"], n_workers, batch)
     if kind == "fastest_k":
         return FastestK(m["k"] or n_workers, n_workers, batch, name="fastest_k")
-    if kind == "adaptive_kb":
+    if kind in ("adaptive_k", "adaptive_kb"):
         seed = cfg["run"]["seed"]
         if cfg["run"]["clock"] == "simulated":
             times = IterationTimeModel(cfg["stragglers"], n_workers, seed, samples=m["mc_samples"])
@@ -57,6 +54,7 @@ def make_method(cfg: dict, n_workers: int, max_batch: int):
             switch = BoundSwitch(m["lr"], m["bound_c"], m["bound_gap0"])
         else:
             switch = PflugTest(m["burn_in"])
-        return AdaptiveKB(stage_targets(cfg, n_workers), n_workers, times, max_batch=max_batch,
-                          switch=switch, bound=bound, refresh_every=m["refresh_every"])
+        return StagedFastestK(kind, stage_targets(cfg, n_workers), n_workers, times, switch=switch,
+                              fixed_batch=batch if kind == "adaptive_k" else 0, max_batch=max_batch,
+                              bound=bound, refresh_every=m["refresh_every"])
     raise AssertionError(f"config validation lets through unknown method {kind!r}")

@@ -1,18 +1,21 @@
-"""Adaptive (k, b) (ALGORITHMS.md section 2, a reconstruction of seed 001's policy):
-fastest-k SGD run through stages of target effective batch K_1 < K_2 < ...; in stage s
-every worker computes b samples and the master waits for k replies, with
+"""Staged fastest-k SGD (ALGORITHMS.md section 2): adaptive k-sync and adaptive (k, b).
 
-    (k_s, b_s) = argmin over k of mu(k, ceil(K_s / k))
+Both run through stages of target effective batch K_1 < K_2 < ... (the noise floor
+a ~ 1/(k b) falls stage by stage) and differ in how a stage's (k, b) is chosen:
 
-so that the noise floor a ~ 1/(k b) <= 1/K_s is reached at the least expected time per
-iteration.  Where per-sample times add up, many workers with small batches beat a few
-with big ones: total computation (M b per iteration) drops, replies per update (k) rise.
+- ``adaptive_k`` (the baseline): a fixed per-worker batch b and k = K_s / b, so the
+  stages are k = k0, k0 + step, ..., M;
+- ``adaptive_kb`` (seed 001's policy, reconstructed): (k_s, b_s) = argmin over k of
+  mu(k, ceil(K_s / k)), the expected iteration time.  Where per-sample times add up,
+  many workers with small batches beat a few with big ones: total computation (M b per
+  iteration) drops, replies per update (k) rise.
 
 The next stage starts when the switching rule fires (the Pflug-type test, or the
 bound-optimal level of ``switching.BoundSwitch``).  mu comes from the configured delay
-model in the simulated clock, and from measured response times in the wall clock, where
-(k, b) is re-chosen every ``refresh_every`` updates as the estimates improve; until every
-worker has reported twice the stage waits for all M workers, so that all are measured.
+model in the simulated clock and from measured response times in the wall clock, where
+the estimates (and adaptive_kb's (k, b)) are renewed every ``refresh_every`` updates;
+until every worker has reported twice, adaptive_kb waits for all M workers so that all
+get measured.
 """
 
 from __future__ import annotations
@@ -28,42 +31,48 @@ from hpcsgd.methods.timing import MeasuredTimeModel
 MIN_MEASURED = 2  # jobs per worker before measured times are trusted
 
 
-class AdaptiveKB(FastestK):
-    def __init__(self, targets: list[int], n_workers: int, times, *, max_batch: int,
-                 switch: PflugTest | BoundSwitch, bound: dict | None = None, refresh_every: int = 20):
+class StagedFastestK(FastestK):
+    def __init__(self, name: str, targets: list[int], n_workers: int, times, *,
+                 switch: PflugTest | BoundSwitch, fixed_batch: int = 0, max_batch: int | None = None,
+                 bound: dict | None = None, refresh_every: int = 20):
+        super().__init__(n_workers, n_workers, 1, name=name)
         self.targets = list(targets)
         self.times = times
         self.measured = isinstance(times, MeasuredTimeModel)
+        self.informed = not self.measured  # measured times trusted yet?
+        self.fixed_batch = fixed_batch
         self.max_batch = max_batch
         self.switch = switch
         self.bound = bound  # {"lr", "c", "L", "sigma2"} for the bound-optimal switch
         self.refresh_every = refresh_every
         self.since_refresh = 0
-        self.informed = not self.measured  # (k, b) chosen from real estimates yet?
         self.stage = 0
         self.last_overhead = np.zeros(n_workers + 1)  # measured transfer time per worker
-        super().__init__(n_workers, n_workers, 1, name="adaptive_kb")
         self.k, self.batch = self._choose(0)
         self.switch.enter(*self._levels())
 
     def _choose(self, stage: int) -> tuple[int, int]:
         target = self.targets[stage]
+        if self.fixed_batch:
+            return min(math.ceil(target / self.fixed_batch), self.n_workers), self.fixed_batch
         if not self.informed:
             return self.n_workers, math.ceil(target / self.n_workers)
         return self.times.best_kb(target, self.max_batch)
 
-    def _levels(self) -> tuple[float, float]:
-        """(floor of this stage, error level at which to leave it), for BoundSwitch."""
+    def _floor(self, k: int, b: int) -> float:
+        p = self.bound
+        return noise_floor(p["lr"], p["c"], p["L"], p["sigma2"], k * b)
+
+    def _levels(self) -> tuple[float, ...]:
+        """BoundSwitch: (floor of this stage, error level at which to leave it)."""
         if self.bound is None:
             return ()
-        b = self.bound
-        floor = noise_floor(b["lr"], b["c"], b["L"], b["sigma2"], self.k * self.batch)
+        floor = self._floor(self.k, self.batch)
         if self.stage + 1 == len(self.targets) or not self.informed:
             return floor, -math.inf
         kn, bn = self._choose(self.stage + 1)
-        level = switch_level(self.times.mu(self.k, self.batch), floor, self.times.mu(kn, bn),
-                             noise_floor(b["lr"], b["c"], b["L"], b["sigma2"], kn * bn))
-        return floor, level
+        return floor, switch_level(self.times.mu(self.k, self.batch), floor,
+                                   self.times.mu(kn, bn), self._floor(kn, bn))
 
     def trace_extra(self) -> dict:
         return {"stage": self.stage}
@@ -89,7 +98,10 @@ class AdaptiveKB(FastestK):
         if not self.measured:
             return
         self.since_refresh += 1
-        due = self.since_refresh >= self.refresh_every if self.informed else self.times.seen() >= MIN_MEASURED
+        if self.informed:
+            due = self.since_refresh >= self.refresh_every
+        else:
+            due = self.times.seen() >= MIN_MEASURED
         if due:
             self.informed = True
             self.since_refresh = 0
