@@ -39,6 +39,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "epochs": Key(10, int, "stop after every worker passed this many times over its shard (0 = no limit)",
                       minimum=0),
         "max_updates": Key(0, int, "stop after this many model updates (0 = no limit)", minimum=0),
+        "max_seconds": Key(0.0, (int, float), "stop after this much training time on the run's clock "
+                           "(simulated or wall seconds; 0 = no limit)", minimum=0),
         "checkpoint_every": Key(0, int, "updates between checkpoints (0 = only at the end)", minimum=0),
         "keep_checkpoints": Key(3, int, "how many checkpoint files to keep", minimum=1),
         "eval_every": Key(0, int, "updates between evaluations (0 = about 20 per run)", minimum=0),
@@ -195,8 +197,10 @@ def _check_cross(cfg: dict) -> None:
                         f"method.kind = 'sync' (got {cfg['method']['kind']!r})")
     if cfg["method"]["kind"] in ("adaptive_k", "adaptive_kb"):
         _check_staged(cfg)
-    if cfg["run"]["epochs"] == 0 and cfg["run"]["max_updates"] == 0:
-        raise UserError("config: run.epochs and run.max_updates are both 0; set at least one stopping rule")
+    run = cfg["run"]
+    if run["epochs"] == 0 and run["max_updates"] == 0 and run["max_seconds"] == 0:
+        raise UserError("config: run.epochs, run.max_updates and run.max_seconds are all 0; "
+                        "set at least one stopping rule")
 
 
 def _check_staged(cfg: dict) -> None:
@@ -281,7 +285,7 @@ def from_json(text: str) -> dict:
 # Keys that may change when a run is resumed: how long it runs and how it reports.
 # Everything else defines the trajectory and must match the checkpoint.
 RESUMABLE_KEYS = {
-    ("run", "epochs"), ("run", "max_updates"), ("run", "checkpoint_every"),
+    ("run", "epochs"), ("run", "max_updates"), ("run", "max_seconds"), ("run", "checkpoint_every"),
     ("run", "keep_checkpoints"), ("run", "progress_every"), ("run", "threads"),
     ("run", "out"), ("data", "dir"),
 }

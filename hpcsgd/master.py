@@ -169,6 +169,7 @@ class Master:
         self.backoff = C.Backoff()
         self.max_updates = cfg["run"]["max_updates"]
         self.max_epochs = cfg["run"]["epochs"]
+        self.max_seconds = cfg["run"]["max_seconds"]
         self.eval_every = cfg["run"]["eval_every"]
         self.ckpt_every = cfg["run"]["checkpoint_every"]
         self.progress_every = cfg["run"]["progress_every"]
@@ -543,6 +544,8 @@ class Master:
             return f"reached run.max_updates = {self.max_updates}"
         if self.max_epochs and self.mirror.epoch() >= self.max_epochs:
             return f"reached run.epochs = {self.max_epochs}"
+        if self.max_seconds and self.now() >= self.max_seconds:
+            return f"reached run.max_seconds = {self.max_seconds:g}"
         return ""
 
     def run(self, fresh: bool) -> int:
@@ -601,7 +604,8 @@ class Master:
         rate = self.progress_updates / max(now - self.last_progress, 1e-9)
         self.last_progress, self.progress_updates = now, 0
         frac = max(self.version / self.max_updates if self.max_updates else 0.0,
-                   self.mirror.epoch() / self.max_epochs if self.max_epochs else 0.0)
+                   self.mirror.epoch() / self.max_epochs if self.max_epochs else 0.0,
+                   self.now() / self.max_seconds if self.max_seconds else 0.0)
         elapsed = self.wall_time()
         eta = elapsed * (1 - frac) / frac if 0 < frac < 1 else 0.0
         loss = self.evals.last("train_loss")

@@ -62,6 +62,8 @@ def _default_eval_every(cfg: dict, sizes: list[int], n_workers: int) -> int:
     total = cfg["run"]["max_updates"] or cfg["run"]["epochs"] * per_epoch
     if cfg["run"]["epochs"]:
         total = min(total, cfg["run"]["epochs"] * per_epoch)
+    if not total:  # only a time limit: about one evaluation per epoch
+        return per_epoch
     return max(1, total // 20)
 
 

@@ -36,7 +36,7 @@ def test_defaults_and_run_out_from_stem(tmp_path):
     ("[method]\nkind = \"adam\"\n", r"method\.kind = 'adam' is not allowed \(allowed: sync, fastest_k"),
     ("[run]\nclock = \"cpu\"\n", r"allowed: wall, simulated"),
     ("[stragglers]\nslow_workers = [0]\n", r"slow_workers must list worker ranks >= 1"),
-    ("[run]\nepochs = 0\n", r"both 0"),
+    ("[run]\nepochs = 0\n", r"are all 0"),
     ("method = 3\n", r"'method' must be a table"),
     ("[run\n", r"invalid TOML"),
     ("[method]\nkind = \"adaptive_kb\"\n[order]\nkind = \"grab\"\n", r"order\.kind must be rr or so"),

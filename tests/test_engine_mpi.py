@@ -150,6 +150,18 @@ def test_simulated_clock_is_bit_reproducible(data_dir, method):
     on_root(check)
 
 
+def test_max_seconds_stops_on_the_simulated_clock(data_dir):
+    from conftest import shared_dir
+    out = shared_dir() / "run"
+    assert train(data_dir, out, *SIM, "method.kind='fastest_k'", "method.k=1", "run.epochs=0",
+                 "run.max_seconds=0.5") == 0
+
+    def check():
+        sim = load(out)["trace"]["sim_time"]
+        assert sim[-1] >= 0.5 > sim[-2], sim[-3:]
+    on_root(check)
+
+
 @pytest.mark.parametrize("method", ["sync", "fastest_k", "adaptive_k", "adaptive_kb"])
 def test_resume_continues_exactly(data_dir, method):
     from conftest import shared_dir
