@@ -150,6 +150,8 @@ def summarize(path) -> dict:
         load["messages_per_update"] = tot / msgs.size if msgs.size else math.nan
     out["load"] = load or None
 
+    out["stages"] = _stages(trace)
+
     worker = _col(trace, "worker")
     if worker is not None:
         w = worker.astype(np.int64)
@@ -185,6 +187,34 @@ def summarize(path) -> dict:
         "sim_time_end": float(sim[-1]) if sim is not None and sim.size else None,
     }
     return out
+
+
+def _stages(trace: dict) -> list[dict] | None:
+    """Staged methods: per stage, its (k, b), updates and the load spent in it."""
+    stage = _col(trace, "stage")
+    if stage is None or not stage.size:
+        return None
+    time_col = _col(trace, "sim_time")
+    if time_col is None or not np.isfinite(time_col).any():
+        time_col = _col(trace, "wall_time")
+    rows = []
+    for s in np.unique(stage):
+        idx = np.flatnonzero(stage == s)
+        first = int(idx[0])
+        row = {"stage": int(s), "updates": int(idx.size), "first_update": first + 1}
+        for name in ("k", "batch"):
+            col = _col(trace, name)
+            if col is not None:
+                vals = np.unique(col[idx])
+                row[name] = int(vals[0]) if vals.size == 1 else [int(v) for v in vals]
+        for name, key in (("samples_computed", "samples"), ("messages", "messages")):
+            col = _col(trace, name)
+            if col is not None:
+                row[key] = int(col[idx].sum(dtype=np.int64))
+        if time_col is not None:
+            row["start_time"] = float(time_col[first - 1]) if first else 0.0
+        rows.append(row)
+    return rows
 
 
 # ---------------------------------------------------------------------- formatting
@@ -265,6 +295,11 @@ def format_summary(s: dict) -> str:
         if "messages_total" in ld:
             parts.append(f"messages {ld['messages_total']} ({_fmt(ld['messages_per_update'])}/update)")
         add("load", ", ".join(parts))
+    for st in s.get("stages") or []:
+        kb = "  ".join(f"{n} {st[n]}" for n in ("k", "batch") if n in st)
+        load = "  ".join(f"{n} {st[n]}" for n in ("samples", "messages") if n in st)
+        start = f"  from t = {_fmt(st['start_time'], 4)} s" if "start_time" in st else ""
+        add(f"stage {st['stage']}", f"{kb}  updates {st['updates']} (from {st['first_update']}){start}  {load}")
     pw = s["per_worker_updates"]
     if pw is not None:
         items = list(pw.items())

@@ -123,6 +123,26 @@ def test_summary_values(tmp_path):
     assert s["time"]["wall_time_end"] == pytest.approx(tr["wall_time"][-1])
 
 
+def test_stage_summary_of_a_staged_run(tmp_path, capsys):
+    tree = fake_tree()
+    tr = tree["trace"]
+    n = tr["update"].size
+    stage = np.repeat([0, 1, 2], [n // 2, n // 4, n - n // 2 - n // 4]).astype(np.int32)
+    tr["stage"], tr["k"], tr["batch"] = stage, (4 + stage).astype(np.int32), (12 - 4 * stage).astype(np.int32)
+    ck.save_checkpoint(tmp_path / "staged", tree)
+    rows = hin.summarize(tmp_path / "staged")["stages"]
+    assert [r["stage"] for r in rows] == [0, 1, 2]
+    assert [r["updates"] for r in rows] == [n // 2, n // 4, n - n // 2 - n // 4]
+    assert [(r["k"], r["batch"]) for r in rows] == [(4, 12), (5, 8), (6, 4)]
+    for r in rows:
+        sel = stage == r["stage"]
+        assert r["samples"] == int(tr["samples_computed"][sel].sum())
+        assert r["messages"] == int(tr["messages"][sel].sum())
+    assert rows[1]["start_time"] == pytest.approx(tr["sim_time"][n // 2 - 1])
+    assert hin.main_inspect(str(tmp_path / "staged"), as_json=False) == 0
+    assert "stage 1" in capsys.readouterr().out
+
+
 def test_summary_varying_and_binned(tmp_path):
     d, tree = save(tmp_path, "run_b", vary_k=True, big_staleness=True, history=False,
                    regression=True, clock="wall")
