@@ -264,6 +264,10 @@ class Master:
         assert job.version == r.version and job.batch == r.batch, (
             f"worker {worker} answered (v{r.version}, b{r.batch}), expected (v{job.version}, b{job.batch})")
         job.result = r
+        # Workers drop a preemptible job only once the master has sent something newer,
+        # which it does only after cancelling the job.
+        assert job.cancelled or not (r.abandoned or r.samples == 0), (
+            f"worker {worker} dropped job v{job.version} that is still live")
         if self.simulated:
             job.start = max(job.t_assign, self.worker_end[worker])
             end = job.start + r.duration

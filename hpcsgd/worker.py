@@ -107,6 +107,9 @@ class Worker:
         abandoned = False
         if not self.simulated and duration > 0.0:
             abandoned = self._sleep(duration, preemptible)
+        if preemptible and not self.simulated and not abandoned:
+            # obsolete already? then the gradient is not worth sending
+            abandoned = self.comm.Iprobe(source=0, tag=MPI.ANY_TAG)
         self._reply(version, idx.size, idx.size, delay_comm, delay_compute, compute, loss_sum,
                     abandoned, n_pairs)
 
