@@ -33,7 +33,7 @@ from hpcsgd.config import to_json
 from hpcsgd.errors import DivergenceError
 from hpcsgd.kernels.optim import heavy_ball_step, sgd_step
 from hpcsgd.kernels.regularizers import prox_l1
-from hpcsgd.stragglers import STREAM_METHOD, make_stream, set_stream_state, stream_state
+from hpcsgd.stragglers import STREAM_METHOD, make_stream, samples_done, set_stream_state, stream_state
 from hpcsgd.trace import EVAL_COLUMNS, TRACE_COLUMNS, Table
 
 
@@ -283,21 +283,20 @@ class Master:
             job.t_done = self.wall_time()
             self.method.observe(job, r)
             if job.cancelled:
-                self._count_dropped(job, started=r.samples > 0, sent_gradient=_carries_gradient(r))
+                self._count_dropped(r.samples, sent_gradient=_carries_gradient(r))
                 self._forget(job)
             else:
                 heapq.heappush(self.ready, (self.arrivals, worker, job.seq))
                 self.arrivals += 1
 
-    def _count_dropped(self, job: Job, started: bool, sent_gradient: bool = False) -> None:
-        """A dropped job's work counts as load in the current trace row (a whole batch
-        once started), and its reply as a message if it carried a gradient: messages
+    def _count_dropped(self, samples: int, sent_gradient: bool = False) -> None:
+        """A dropped job's work (the samples it got through) counts as load in the
+        current trace row, and its reply as a message if it carried a gradient: messages
         count parameter vectors sent and gradients received, not bare acknowledgements
         (a worker answers an abandoned job with a header only)."""
         if sent_gradient:
             self.row_messages += 1
-        if started:
-            self.row_samples += job.batch
+        self.row_samples += samples
 
     def _forget(self, job: Job) -> None:
         self.jobs[job.worker].remove(job)
@@ -321,20 +320,19 @@ class Master:
                 job.cancel_time = t
                 if not self.simulated:
                     if job.result is not None:
-                        self._count_dropped(job, started=job.result.samples > 0,
-                                            sent_gradient=_carries_gradient(job.result))
+                        self._count_dropped(job.result.samples, sent_gradient=_carries_gradient(job.result))
                         self._forget(job)
                     continue  # counted and forgotten when its reply arrives
                 if job.result is None:
-                    # Earlier jobs of this worker were cancelled no later than this one
-                    # was assigned, so its start does not depend on their durations.
-                    start = max(job.t_assign, self.worker_end[worker])
-                    self._count_dropped(job, started=start < t)
+                    # Not started before t: the master takes an event only once every
+                    # job that could end earlier has reported (only the final stop
+                    # cancels jobs still running, and that work is not traced).
                     continue
                 end = max(job.start, min(job.t_done, t))
                 if self.worker_end[worker] == job.t_done:
                     self.worker_end[worker] = end
-                self._count_dropped(job, started=job.start < t)
+                r = job.result
+                self._count_dropped(samples_done(job.batch, r.duration - r.delay_comm, t - job.start))
                 self._forget(job)
         self.ready = [e for e in self.ready if self._job(e[1], e[2]) is not None]
         heapq.heapify(self.ready)

@@ -94,3 +94,15 @@ class DelayModel:
         if kind == "poisson":
             return 1.0 * rng.poisson(mean, size)
         raise AssertionError(kind)
+
+
+def samples_done(batch: int, compute: float, elapsed: float) -> int:
+    """Samples of a ``batch`` job finished ``elapsed`` seconds after it started, when its
+    computation (``compute`` s, at a steady rate) comes before its communication (the
+    reply): what a cancelled job cost.  A job cancelled before it started cost nothing;
+    one cancelled while sending had done all its work."""
+    if elapsed <= 0.0:
+        return 0
+    if elapsed >= compute:
+        return batch
+    return int(batch * elapsed / compute)

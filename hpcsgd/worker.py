@@ -16,7 +16,7 @@ from mpi4py import MPI
 
 from hpcsgd import comm as C
 from hpcsgd.ordering import EpochCursor
-from hpcsgd.stragglers import DelayModel, set_stream_state, stream_state
+from hpcsgd.stragglers import DelayModel, samples_done, set_stream_state, stream_state
 
 
 class Worker:
@@ -104,13 +104,17 @@ class Worker:
         self.model.reg_grad_add(w, grad)
         compute = time.perf_counter() - t
         duration = delay_comm + delay_compute
-        abandoned = False
+        abandoned, samples = False, idx.size
         if not self.simulated and duration > 0.0:
-            abandoned = self._sleep(duration, preemptible)
+            elapsed = self._sleep(duration, preemptible)
+            if elapsed is not None:
+                # the injected delay stands for the work: count what it had got through
+                abandoned = True
+                samples = samples_done(idx.size, delay_compute, elapsed)
         if preemptible and not self.simulated and not abandoned:
             # obsolete already? then the gradient is not worth sending
             abandoned = self.comm.Iprobe(source=0, tag=MPI.ANY_TAG)
-        self._reply(version, idx.size, idx.size, delay_comm, delay_compute, compute, loss_sum,
+        self._reply(version, idx.size, samples, delay_comm, delay_compute, compute, loss_sum,
                     abandoned, n_pairs)
 
     def _reply(self, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
@@ -161,20 +165,22 @@ class Worker:
         assert eps.size == first.size, f"worker {self.rank}: {eps.size} signs for {first.size} pairs"
         self.cursor.ordering.place(0, first, second, eps)
 
-    def _sleep(self, seconds: float, preemptible: bool) -> bool:
+    def _sleep(self, seconds: float, preemptible: bool) -> float | None:
         """Injected straggler delay.  A preemptible job is abandoned as soon as the
-        master sends anything newer (it has moved on); returns True if abandoned."""
+        master sends anything newer (it has moved on); returns the seconds slept when
+        abandoned, None when the delay ran out."""
         if not preemptible:
             time.sleep(seconds)
-            return False
-        end = time.perf_counter() + seconds
+            return None
+        start = time.perf_counter()
+        end = start + seconds
         while True:
-            left = end - time.perf_counter()
-            if left <= 0:
-                return False
+            now = time.perf_counter()
+            if now >= end:
+                return None
             if self.comm.Iprobe(source=0, tag=MPI.ANY_TAG):
-                return True
-            time.sleep(min(left, 5e-4))
+                return now - start
+            time.sleep(min(end - now, 5e-4))
 
     def evaluate(self) -> None:
         w = self.inbox[C.JOB_HEADER:]

@@ -162,16 +162,20 @@ def test_max_seconds_stops_on_the_simulated_clock(data_dir):
     on_root(check)
 
 
-@pytest.mark.parametrize("method", ["sync", "fastest_k", "adaptive_k", "adaptive_kb"])
+@pytest.mark.parametrize("method", ["sync", "fastest_k", "adaptive_k", "adaptive_kb", "adaptive_kb+bound"])
 def test_resume_continues_exactly(data_dir, method):
     from conftest import shared_dir
     base = shared_dir()
     M = comm().Get_size() - 1
     targets = [4, 8 * M, 24 * M]
+    method, _, bound = method.partition("+")
     common = (*SIM, f"method.kind='{method}'", "method.k=1", "run.eval_every=5", "order.batch=8",
               "method.burn_in=2", "method.lr=0.3")
     if method == "adaptive_kb":
         common += (f"method.targets={targets}",)
+    if bound:  # constants that make the bound cross both switching levels within 40 updates
+        common += ("method.switch='bound'", "method.bound_c=0.5", "method.bound_L=1.0",
+                   "method.bound_sigma2=1.33", "method.bound_gap0=1.0")
     assert train(data_dir, base / "whole", *common, "run.max_updates=40", "run.checkpoint_every=20") == 0
     assert train(data_dir, base / "half", *common, "run.max_updates=20") == 0
     assert resume(base / "half", "run.max_updates=40") == 0

@@ -43,3 +43,12 @@ def test_none_is_zero_and_streams_are_reproducible():
     b = [model(model="exp", comm_mean=1.0).duration(1) for _ in range(1)]
     assert a == b
     assert model(worker=1, model="exp", comm_mean=1.0).duration(1) != model(worker=2, model="exp", comm_mean=1.0).duration(1)
+
+
+def test_samples_done_by_a_cancelled_job():
+    from hpcsgd.stragglers import samples_done
+    assert samples_done(16, compute=0.4, elapsed=0.0) == 0      # never started
+    assert samples_done(16, compute=0.4, elapsed=0.1) == 4      # a quarter of the compute
+    assert samples_done(16, compute=0.4, elapsed=0.3999) == 15
+    assert samples_done(16, compute=0.4, elapsed=0.5) == 16     # cancelled while replying
+    assert samples_done(16, compute=0.0, elapsed=1e-9) == 16    # communication-only delay
