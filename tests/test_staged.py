@@ -161,7 +161,7 @@ def test_wall_clock_adaptive_kb_measures_everyone_then_chooses():
     for rep in range(2):
         for j in range(1, M + 1):
             slow = 50.0 if j == 1 else 1.0
-            r = SimpleNamespace(worker=j, samples=8, compute_seconds=0.0, duration=slow * 0.01,
+            r = SimpleNamespace(worker=j, batch=8, compute_seconds=1e-5, duration=slow * 0.01,
                                 delay_comm=slow * 0.002)
             m.observe(job, r)
         feed(m, eng, [[[1.0, 0.0]] * M])

@@ -81,12 +81,12 @@ class StagedFastestK(FastestK):
         """Wall clock: record the job's communication time and compute time per sample.
         A worker's own times (real compute plus injected delays, in full even when the
         job was abandoned) make every job a sample, stragglers included."""
-        if not self.measured or r.samples == 0:
-            return
+        if not self.measured or r.compute_seconds == 0.0:
+            return  # skipped unseen (obsolete before it started): nothing was measured
         busy = r.compute_seconds + r.duration
         if not job.cancelled:
             self.last_overhead[r.worker] = max(0.0, job.t_done - job.t_assign - busy)
-        per_sample = (r.compute_seconds + r.duration - r.delay_comm) / r.samples
+        per_sample = (r.compute_seconds + r.duration - r.delay_comm) / r.batch
         self.times.observe(r.worker, r.delay_comm + self.last_overhead[r.worker], per_sample)
 
     def after_update(self, total: np.ndarray, scale: float) -> None:
