@@ -65,10 +65,13 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "method": {
         "kind": Key("sync", str, "update rule",
-                    choices=("sync", "fastest_k", "adaptive_k", "adaptive_kb")),
+                    choices=("sync", "fastest_k", "adaptive_k", "adaptive_kb", "async")),
         "lr": Key(0.1, (int, float), "step size", positive=True),
         "momentum": Key(0.0, (int, float), "heavy-ball momentum at the master (0 = plain SGD)", minimum=0),
         "k": Key(0, int, "replies waited for by fastest_k (0 = all workers)", minimum=0),
+        "assign": Key("pure", str, "async: who gets the job created at each update: the finisher "
+                      "(pure), a uniform worker (random), a permutation per M updates (shuffle) or one "
+                      "permutation forever (shuffle_once)", choices=("pure", "random", "shuffle", "shuffle_once")),
         "k0": Key(1, int, "adaptive_k: replies waited for in the first stage", minimum=1),
         "k_step": Key(1, int, "adaptive_k: how much k grows at each stage switch", minimum=1),
         "burn_in": Key(20, int, "adaptive_k, adaptive_kb: updates in a stage before the switching "
@@ -91,7 +94,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "order": {
         "kind": Key("rr", str, "per-worker example order", choices=("rr", "so", "grab", "pair", "cd_grab")),
-        "batch": Key(16, int, "examples per worker per step (B)", minimum=1),
+        "batch": Key(16, int, "examples per worker per step (B); 0 = the worker's whole shard "
+                     "(full local gradients)", minimum=0),
         "record_history": Key(False, bool, "store every epoch's orders in /order/history"),
     },
     "stragglers": {
@@ -189,6 +193,9 @@ def _check_cross(cfg: dict) -> None:
     if not all(isinstance(j, int) and not isinstance(j, bool) and j >= 1 for j in slow):
         raise UserError(f"config: stragglers.slow_workers must list worker ranks >= 1, got {slow!r}")
     order, batch = cfg["order"]["kind"], cfg["order"]["batch"]
+    if batch == 0 and order not in ("rr", "so"):
+        raise UserError(f"config: order.batch = 0 (whole shards) needs order.kind rr or so "
+                        f"(got {order!r}); balancing orders work on batches of examples")
     if order in ("pair", "cd_grab") and batch > 1 and batch % 2:
         raise UserError(f"config: order.batch = {batch} is odd; order.kind = {order!r} balances pairs "
                         f"of examples (use an even batch, or 1 to pair consecutive steps)")
@@ -205,6 +212,9 @@ def _check_cross(cfg: dict) -> None:
 
 def _check_staged(cfg: dict) -> None:
     m, order = cfg["method"], cfg["order"]["kind"]
+    if cfg["order"]["batch"] == 0:
+        raise UserError(f"config: method.kind = {m['kind']!r} needs order.batch >= 1 (the stages are "
+                        f"multiples of a per-worker batch); 0 means whole shards")
     if m["kind"] == "adaptive_kb" and order not in ("rr", "so"):
         raise UserError(f"config: method.kind = 'adaptive_kb' changes the per-worker batch between "
                         f"stages; order.kind must be rr or so (got {order!r})")

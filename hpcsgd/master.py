@@ -87,7 +87,10 @@ class EpochMirror:
         self._stale = True
 
     def take(self, worker: int, batch: int) -> int:
+        """The size of the worker's next batch: ``batch`` (0 = the whole shard), cut
+        at the end of its epoch."""
         i = worker - 1
+        batch = batch or int(self.sizes[i])
         if self.pos[i] >= self.sizes[i]:
             self.pos[i] = 0
             self.started[i] += 1
@@ -248,9 +251,9 @@ class Master:
             self._on_arrival(worker, buf)
         return True
 
-    def _on_arrival(self, worker: int, buf: np.ndarray) -> None:
+    def _parse(self, worker: int, buf: np.ndarray) -> Result:
         h = buf[:C.RESULT_HEADER]
-        r = Result(worker=worker, version=int(h[C.R_VERSION]),
+        return Result(worker=worker, version=int(h[C.R_VERSION]),
                    batch=int(h[C.R_BATCH]), samples=int(h[C.R_SAMPLES]),
                    duration=float(h[C.R_DURATION]), delay_comm=float(h[C.R_DELAY_COMM]),
                    compute_seconds=float(h[C.R_COMPUTE_S]),
@@ -259,6 +262,9 @@ class Master:
                    pairs=buf[C.RESULT_HEADER + self.d:
                              C.RESULT_HEADER + self.d * (1 + int(h[C.R_PAIRS]))].reshape(-1, self.d),
                    buf=buf)
+
+    def _on_arrival(self, worker: int, buf: np.ndarray) -> None:
+        r = self._parse(worker, buf)
         # A worker answers its jobs in the order it got them.
         job = next(j for j in self.jobs[worker] if j.result is None)
         assert job.version == r.version and job.batch == r.batch, (
@@ -374,8 +380,34 @@ class Master:
         while any(j.result is None for q in self.jobs.values() for j in q):
             if not self._receive_some():
                 backoff.wait()
-        live = [j for q in self.jobs.values() for j in q]
-        assert not live, "checkpoint with live jobs in flight: this method must drain them"
+
+    def _inflight_tree(self) -> dict:
+        """Live jobs after ``drain``: each with its timing, its place in the event queue
+        and its result, so a resumed master takes them exactly where this one would.
+        (Their workers have moved past them: cursors and delay streams included.)"""
+        key = {(w, seq): k0 for k0, w, seq in self.ready}
+        live = sorted((j for q in self.jobs.values() for j in q), key=lambda j: j.seq)
+        assert all((j.worker, j.seq) in key and not j.result.pairs.size for j in live)
+        n = C.RESULT_HEADER + self.d
+        return {
+            "jobs": np.array([[j.worker, j.seq, j.version, j.batch, j.flags] for j in live],
+                             dtype=np.int64).reshape(-1, 5),
+            "times": np.array([[j.t_assign, j.start, j.t_done, key[j.worker, j.seq]] for j in live],
+                              dtype=np.float64).reshape(-1, 4),
+            "results": np.array([j.result.buf[:n] for j in live], dtype=np.float64).reshape(-1, n),
+        }
+
+    def _load_inflight(self, tree: dict) -> None:
+        n = C.RESULT_HEADER + self.d
+        for (worker, seq, version, batch, flags), (t_assign, start, t_done, k0), row in zip(
+                tree["jobs"].tolist(), tree["times"].tolist(), tree["results"]):
+            buf = np.empty(self.recv_size)
+            buf[:n] = row
+            job = Job(worker, seq, version, batch, flags, t_assign, start=start, t_done=t_done,
+                      result=self._parse(worker, buf))
+            self.jobs[worker].append(job)
+            self.ready.append((k0 if self.simulated else int(k0), worker, seq))
+        heapq.heapify(self.ready)
 
     # ------------------------------------------------------------------ updates
     def apply(self, grad: np.ndarray, *, contributors: list[int], staleness: int, batch: int,
@@ -490,7 +522,8 @@ class Master:
                            "contributions": self.contributions.copy(),
                            "mirror_pos": self.mirror.pos.copy(),
                            "mirror_started": self.mirror.started.copy(),
-                           "pending": pending,
+                           "pending": pending, "arrivals": self.arrivals,
+                           "inflight": self._inflight_tree(),
                            "row_samples": self.row_samples, "row_messages": self.row_messages,
                            "row_compute": self.row_compute,
                            "busy_seconds": self.busy_seconds, "wait_seconds": self.wait_seconds},
@@ -518,6 +551,8 @@ class Master:
         self.mirror.started[:] = eng["mirror_started"]
         self.mirror._stale = True
         self.pending = [tuple(int(x) for x in row) for row in eng["pending"]]
+        self.arrivals = int(eng["arrivals"])
+        self._load_inflight(eng["inflight"])
         self.row_samples = int(eng["row_samples"])
         self.row_messages = int(eng["row_messages"])
         self.row_compute = float(eng["row_compute"])

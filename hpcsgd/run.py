@@ -58,7 +58,7 @@ def _check_slurm(comm: MPI.Comm) -> None:
 def _default_eval_every(cfg: dict, sizes: list[int], n_workers: int) -> int:
     """About 20 evaluations over the run, fixed once so resumed runs keep the cadence."""
     b = cfg["order"]["batch"]
-    per_epoch = max(math.ceil(n / b) for n in sizes)
+    per_epoch = max(math.ceil(n / (b or n)) for n in sizes)
     total = cfg["run"]["max_updates"] or cfg["run"]["epochs"] * per_epoch
     if cfg["run"]["epochs"]:
         total = min(total, cfg["run"]["epochs"] * per_epoch)

@@ -16,6 +16,7 @@ The engine owns the model, versions, clocks, traces and checkpoints; a method on
 decides what to apply and who computes what next.
 """
 
+from hpcsgd.methods.async_sgd import AsyncSGD
 from hpcsgd.methods.fastest_k import FastestK
 from hpcsgd.methods.staged import StagedFastestK
 from hpcsgd.methods.switching import BoundSwitch, PflugTest
@@ -40,6 +41,8 @@ def make_method(cfg: dict, n_workers: int, max_batch: int):
     if kind == "sync":
         return FastestK(n_workers, n_workers, batch, name="sync",
                         coordinate=cfg["order"]["kind"] == "cd_grab")
+    if kind == "async":
+        return AsyncSGD(n_workers, batch, m["assign"])
     if kind == "fastest_k":
         return FastestK(m["k"] or n_workers, n_workers, batch, name="fastest_k")
     if kind in ("adaptive_k", "adaptive_kb"):

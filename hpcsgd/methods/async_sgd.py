@@ -1,0 +1,69 @@
+"""Asynchronous SGD with worker assignment rules (ALGORITHMS.md section 3, AsGrad).
+
+Every arriving gradient is applied at once, w -= lr * g, and exactly one new job at
+the new model goes to the worker the rule picks:
+
+- ``pure``: the worker that just finished;
+- ``random``: a uniformly random worker, independently per update;
+- ``shuffle``: sigma(t mod M) for a random permutation sigma of the workers, redrawn
+  every M assignments (each block of M gives every worker exactly one job);
+- ``shuffle_once``: the first permutation, forever.
+
+At the start every worker gets one job at w_0, so M jobs exist at every moment; a job
+for a busy worker waits in its FIFO queue (the engine's per-worker job list) and is
+computed on that worker's own data.  Random choices come from the engine's method
+stream, so they are checkpointed with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RULES = ("pure", "random", "shuffle", "shuffle_once")
+
+
+class AsyncSGD:
+    def __init__(self, n_workers: int, batch: int, assign: str):
+        assert assign in RULES, assign
+        self.name = "async"
+        self.n_workers = n_workers
+        self.batch = batch
+        self.assign = assign
+        self.perm = np.zeros(0, dtype=np.int64)  # shuffle rules: the current block's order
+        self.pos = 0                             # next index into perm
+
+    def start(self, engine):
+        return [(j, self.batch, 0) for j in range(1, self.n_workers + 1)]
+
+    def next_worker(self, finisher: int, rng: np.random.Generator) -> int:
+        if self.assign == "pure":
+            return finisher
+        if self.assign == "random":
+            return int(rng.integers(1, self.n_workers + 1))
+        if self.pos == self.perm.size:
+            if self.assign == "shuffle" or not self.perm.size:
+                self.perm = rng.permutation(self.n_workers) + 1
+            self.pos = 0
+        self.pos += 1
+        return int(self.perm[self.pos - 1])
+
+    def on_result(self, engine, r):
+        j = self.next_worker(r.worker, engine.rng)
+        # jobs outstanding at the chosen worker once the new one is queued
+        queue = len(engine.jobs[j]) + 1
+        engine.apply(r.grad, contributors=[r.worker], staleness=engine.version - r.version,
+                     batch=r.batch, extra={"assigned": j, "queue": queue})
+        return [(j, self.batch, 0)]
+
+    def observe(self, job, r) -> None:
+        pass
+
+    def flush(self, engine) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"perm": self.perm.copy(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.perm = np.asarray(state["perm"], dtype=np.int64).copy()
+        self.pos = int(state["pos"])
