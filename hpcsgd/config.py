@@ -51,7 +51,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "source": Key("digits", str, "prepared set name (digits, mnist5k, ...) or path to an .h5 file"),
         "dir": Key("data", str, "where prepared set names are looked up"),
         "partition": Key("iid", str, "how training rows are split across workers",
-                         choices=("iid", "contiguous", "shards", "dirichlet")),
+                         choices=("iid", "contiguous", "sorted", "shards", "dirichlet")),
         "alpha": Key(0.5, (int, float), "Dirichlet concentration for partition = dirichlet", positive=True),
     },
     "model": {

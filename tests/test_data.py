@@ -481,7 +481,7 @@ def test_partition_deterministic(scheme):
 
 def test_partition_errors():
     y = _labels(10)
-    with pytest.raises(UserError, match=r"'round_robin'.*iid, contiguous, shards, dirichlet"):
+    with pytest.raises(UserError, match=r"'round_robin'.*iid, contiguous, sorted, shards, dirichlet"):
         partition(y, 2, "round_robin", seed=0)
     with pytest.raises(UserError, match="10 training rows.*11 workers"):
         partition(y, 11, "iid", seed=0)
@@ -498,3 +498,16 @@ def test_split_even():
     assert [p.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert all(p.dtype == np.int64 for p in parts)
     assert [len(p) for p in split_even(2, 4)] == [1, 1, 0, 0]
+
+
+def test_sorted_partition_is_a_contiguous_split_of_the_label_order():
+    y = np.array([1, 0, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2], dtype=float)
+    parts = partition(y, 4, "sorted", seed=5)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, partition(y, 4, "sorted", seed=6)))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(12))
+    labels = [y[p] for p in parts]
+    assert [sorted(lab.tolist()) for lab in labels] == [[0, 0, 0], [0, 1, 1], [1, 1, 2], [2, 2, 2]]
+    for a, b in zip(labels, labels[1:]):
+        assert a.max() <= b.min()
+    for p in parts:
+        assert np.all(np.diff(p) > 0)

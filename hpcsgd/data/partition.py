@@ -11,6 +11,9 @@ Schemes:
 
 * ``iid`` -- a seeded random permutation cut into near-equal parts.
 * ``contiguous`` -- file order cut into near-equal ranges (no shuffling).
+* ``sorted`` -- rows sorted by label (stable; by target value for regression) cut into
+  near-equal contiguous ranges: the strongest label skew, as if a label-sorted file
+  were split contiguously.
 * ``shards`` -- rows sorted by label (stable; by target value for regression), cut
   into ``2*M`` near-equal shards; worker ``w`` gets shards ``perm[2w]`` and
   ``perm[2w+1]`` of a seeded permutation (the McMahan et al. pathological non-IID
@@ -31,7 +34,7 @@ import numpy as np
 
 from hpcsgd.errors import UserError
 
-PARTITIONS = ("iid", "contiguous", "shards", "dirichlet")
+PARTITIONS = ("iid", "contiguous", "sorted", "shards", "dirichlet")
 _SPAWN_KEY = (0, 7)
 
 
@@ -89,6 +92,9 @@ def partition(
         return [np.sort(p) for p in np.array_split(perm, M)]
     if not np.isfinite(y).all():
         raise UserError("data.partition: labels contain NaN/Inf")
+    if scheme == "sorted":
+        order = np.argsort(y, kind="stable").astype(np.int64)
+        return [np.sort(p) for p in np.array_split(order, M)]
     if scheme == "shards":
         if n < 2 * M:
             raise UserError(f"data.partition 'shards' needs at least 2 training rows per worker "
