@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.flush()
         time.sleep(0.5)  # let mpiexec forward the message before the job is torn down
         # One rank's failure must end the job, not leave the others waiting forever.
+        status = 1  # if Abort returns before the job is torn down, still exit non-zero
         MPI.COMM_WORLD.Abort(1)
     if argv is None:
         sys.exit(status)
