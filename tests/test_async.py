@@ -13,7 +13,7 @@ class FakeEngine:
     def __init__(self, M, seed=0):
         self.version = 0
         self.rng = np.random.default_rng(seed)
-        self.jobs = {j: [] for j in range(1, M + 1)}
+        self.jobs = {j: [None] * (j < M) for j in range(1, M + 1)}  # M - 1 jobs in flight
         self.applied = []
 
     def apply(self, grad, *, contributors, staleness, batch, extra):

@@ -48,6 +48,7 @@ class AsyncSGD:
         return int(self.perm[self.pos - 1])
 
     def on_result(self, engine, r):
+        assert sum(map(len, engine.jobs.values())) == self.n_workers - 1, "async keeps M jobs"
         j = self.next_worker(r.worker, engine.rng)
         # jobs outstanding at the chosen worker once the new one is queued
         queue = len(engine.jobs[j]) + 1
