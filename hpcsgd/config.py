@@ -65,13 +65,26 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "method": {
         "kind": Key("sync", str, "update rule",
-                    choices=("sync", "fastest_k", "adaptive_k", "adaptive_kb", "async")),
+                    choices=("sync", "fastest_k", "adaptive_k", "adaptive_kb", "async", "piag", "async_bcd")),
         "lr": Key(0.1, (int, float), "step size", positive=True),
         "momentum": Key(0.0, (int, float), "heavy-ball momentum at the master (0 = plain SGD)", minimum=0),
         "k": Key(0, int, "replies waited for by fastest_k (0 = all workers)", minimum=0),
         "assign": Key("pure", str, "async: who gets the job created at each update: the finisher "
                       "(pure), a uniform worker (random), a permutation per M updates (shuffle) or one "
                       "permutation forever (shuffle_once)", choices=("pure", "random", "shuffle", "shuffle_once")),
+        "stepsize": Key("adaptive2", str, "piag, async_bcd: step-size policy (fixed uses tau_max; the "
+                        "adaptive ones keep the steps within any delay window below gamma')",
+                        choices=("fixed", "adaptive1", "adaptive2")),
+        "h": Key(0.9, (int, float), "piag, async_bcd: gamma' = h / L", positive=True),
+        "L": Key(0.0, (int, float), "piag, async_bcd: smoothness of the objective (0 = estimate by "
+                 "power iteration for logistic, softmax and least squares)", minimum=0),
+        "gamma_prime": Key(0.0, (int, float), "piag, async_bcd: gamma' itself (0 = h / L)", minimum=0),
+        "alpha": Key(0.5, (int, float), "piag, async_bcd: adaptive policies step alpha gamma' at most",
+                     positive=True),
+        "tau_max": Key(0, int, "piag, async_bcd with stepsize = fixed: the delay bound, step "
+                       "gamma' / (tau_max + 1)", minimum=0),
+        "absorb": Key(1, int, "piag: arrivals absorbed per update", minimum=1),
+        "blocks": Key(10, int, "async_bcd: coordinate blocks", minimum=1),
         "k0": Key(1, int, "adaptive_k: replies waited for in the first stage", minimum=1),
         "k_step": Key(1, int, "adaptive_k: how much k grows at each stage switch", minimum=1),
         "burn_in": Key(20, int, "adaptive_k, adaptive_kb: updates in a stage before the switching "
@@ -204,6 +217,15 @@ def _check_cross(cfg: dict) -> None:
                         f"method.kind = 'sync' (got {cfg['method']['kind']!r})")
     if cfg["method"]["kind"] in ("adaptive_k", "adaptive_kb"):
         _check_staged(cfg)
+    if cfg["method"]["kind"] in ("piag", "async_bcd"):
+        m = cfg["method"]
+        if m["momentum"] > 0:
+            raise UserError(f"config: method.momentum = {m['momentum']} is not allowed with method.kind = "
+                            f"{m['kind']!r}: its steps are prox steps of the delay-adaptive size (use 0)")
+        if m["alpha"] > 1.0:
+            raise UserError(f"config: method.alpha = {m['alpha']} must be in (0, 1]")
+        if not m["h"] < 1.0 and not m["gamma_prime"]:
+            raise UserError(f"config: method.h = {m['h']} must be in (0, 1) (gamma' = h / L)")
     run = cfg["run"]
     if run["epochs"] == 0 and run["max_updates"] == 0 and run["max_seconds"] == 0:
         raise UserError("config: run.epochs, run.max_updates and run.max_seconds are all 0; "

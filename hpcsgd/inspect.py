@@ -134,6 +134,7 @@ def summarize(path) -> dict:
         out["staleness"] = None
 
     out["step_size"] = _basic_stats(_col(trace, "step_size"))
+    out["step_vs_fixed"] = _step_vs_fixed(out.get("config"), _col(trace, "step_size"), stale)
     out["k"] = _int_stats(_col(trace, "k"))
     out["batch"] = _int_stats(_col(trace, "batch"))
 
@@ -187,6 +188,20 @@ def summarize(path) -> dict:
         "sim_time_end": float(sim[-1]) if sim is not None and sim.size else None,
     }
     return out
+
+
+def _step_vs_fixed(config: dict | None, steps: np.ndarray | None, stale: np.ndarray | None) -> dict | None:
+    """Delay-adaptive methods: the mean step against the fixed policy's gamma' / (tau_max + 1)
+    with tau_max the largest delay of the run (how the paper's baselines were set)."""
+    m = (config or {}).get("method", {})
+    if m.get("kind") not in ("piag", "async_bcd") or steps is None or not steps.size or stale is None:
+        return None
+    gamma_prime = m.get("gamma_prime") or (m["h"] / m["L"] if m.get("L") else None)
+    if not gamma_prime:
+        return None
+    fixed = gamma_prime / (int(stale.max()) + 1)
+    return {"gamma_prime": gamma_prime, "tau_max": int(stale.max()), "fixed_step": fixed,
+            "mean_step": float(steps.mean()), "ratio": float(steps.mean()) / fixed}
 
 
 def _stages(trace: dict) -> list[dict] | None:
@@ -280,6 +295,11 @@ def format_summary(s: dict) -> str:
     ss = s["step_size"]
     if ss:
         add("step size", f"mean {_fmt(ss['mean'])}  min {_fmt(ss['min'])}  max {_fmt(ss['max'])}")
+    vf = s.get("step_vs_fixed")
+    if vf:
+        add("vs fixed", f"mean step {_fmt(vf['mean_step'])} = {_fmt(vf['ratio'], 3)} x the fixed step "
+                        f"gamma'/(tau_max+1) = {_fmt(vf['fixed_step'])} (gamma' {_fmt(vf['gamma_prime'])}, "
+                        f"tau_max {vf['tau_max']} = largest delay seen)")
     for name in ("k", "batch"):
         v = s[name]
         if v:

@@ -411,21 +411,26 @@ class Master:
 
     # ------------------------------------------------------------------ updates
     def apply(self, grad: np.ndarray, *, contributors: list[int], staleness: int, batch: int,
-              step_size: float | None = None, scale: float = 1.0, extra: dict | None = None) -> None:
-        """Step along ``scale * grad``, built from the listed workers' results.
+              step_size: float | None = None, scale: float = 1.0, extra: dict | None = None,
+              block: slice | None = None) -> None:
+        """Step along ``scale * grad``, built from the listed workers' results, then the
+        l1 prox; with ``block``, only those coordinates move (block-coordinate methods,
+        whose ``grad`` is the block's gradient).
 
         Scaling inside the fused step kernel saves a pass over d when a method hands
         over a sum of gradients rather than their mean.
         """
         lr = self.lr if step_size is None else step_size
+        params = self.params if block is None else self.params[block]
         if self.beta > 0.0:
-            finite = heavy_ball_step(self.params, self.momentum, grad, lr, self.beta, scale)
+            momentum = self.momentum if block is None else self.momentum[block]
+            finite = heavy_ball_step(params, momentum, grad, lr, self.beta, scale)
         else:
-            finite = sgd_step(self.params, grad, lr, scale)
+            finite = sgd_step(params, grad, lr, scale)
         if not finite:
             raise DivergenceError(f"non-finite gradient at update {self.version + 1}")
         if self.l1 > 0.0:
-            prox_l1(self.params, lr * self.l1)
+            prox_l1(params, lr * self.l1)
         self.version += 1
         self.contributions[contributors] += 1
         worker = contributors[0] if len(contributors) == 1 else -1

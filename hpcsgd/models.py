@@ -97,6 +97,9 @@ class Model:
     kind: str = ""
     convex: bool = True
     _kernels = None
+    # Bound on the loss's second derivative in the margins: the smooth part's Hessian
+    # is at most this times A^T A / n, A = [X, 1] (None: no such bound, e.g. the mlp).
+    curvature: float | None = None
 
     def __init__(self, n_features: int, n_classes: int, dim: int, *, l2: float = 0.0, nonconvex: float = 0.0,
                  kernel_args: tuple = ()):
@@ -107,6 +110,12 @@ class Model:
         self.nonconvex = float(nonconvex)
         self._has_reg = self.l2 != 0.0 or self.nonconvex != 0.0
         self._kargs = tuple(kernel_args)
+
+    def smoothness(self, lam_max: float) -> float:
+        """L of the objective given lam_max = the largest eigenvalue of A^T A / n: the
+        loss's curvature times lam_max, plus l2, plus 2 lambda for the nonconvex
+        regulariser (the largest second derivative of lambda w^2 / (1 + w^2))."""
+        return self.curvature * lam_max + self.l2 + 2.0 * self.nonconvex
 
     def __repr__(self) -> str:
         return (
@@ -233,6 +242,7 @@ class Logistic(_OneOutput):
     """Binary logistic regression, y in {0, 1}; w = [weights (p), bias]."""
 
     kind = "logistic"
+    curvature = 0.25  # sigma'(z) <= 1/4
     _kernels = _lg
     _n_classes = 2
 
@@ -241,6 +251,7 @@ class LeastSquares(_OneOutput):
     """Linear regression, loss 0.5 (x.w + b - y)^2; w = [weights (p), bias]."""
 
     kind = "least_squares"
+    curvature = 1.0
     _kernels = _ls
     _n_classes = 1
 
@@ -249,6 +260,7 @@ class Softmax(Model):
     """Multinomial logistic regression; w = [W (C x p row-major), b (C)]."""
 
     kind = "softmax"
+    curvature = 0.5  # the softmax cross-entropy Hessian in the logits is <= I / 2
     _kernels = _sm
 
     def __init__(self, n_features: int, n_classes: int, *, l2: float = 0.0, nonconvex: float = 0.0):

@@ -102,6 +102,31 @@ def _setup(comm: MPI.Comm, cfg: dict):
     return model, sizes, local
 
 
+def _estimate_L(comm: MPI.Comm, model, X: np.ndarray | None) -> float:
+    """Collective: the objective's smoothness from the largest eigenvalue of A^T A / n,
+    A = [X, 1] over every worker's rows, by power iteration (rank 0 holds no rows)."""
+    if model.curvature is None:
+        raise UserError(f"method.L: cannot estimate the smoothness of model.kind = {model.kind!r}; "
+                        f"give method.L or method.gamma_prime")
+    p = model.n_features
+    n = comm.allreduce(0 if X is None else X.shape[0])
+    v = np.full(p + 1, 1.0 / math.sqrt(p + 1))
+    lam = 0.0
+    for _ in range(500):
+        u = np.zeros(p + 1)
+        if X is not None:
+            z = X @ v[:p] + v[p]
+            u[:p], u[p] = X.T @ z, z.sum()
+        comm.Allreduce(MPI.IN_PLACE, u)
+        u /= n
+        new = float(np.linalg.norm(u))
+        v = u / new
+        if abs(new - lam) <= 1e-10 * new:
+            break
+        lam = new
+    return model.smoothness(new)
+
+
 def _check_resumable(tree: dict | None, world_size: int, path: Path | None) -> None:
     if tree is not None and int(tree["world_size"]) != world_size:
         raise UserError(f"checkpoint {path} was written by {tree['world_size']} ranks, this job has "
@@ -130,13 +155,19 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     M = comm.Get_size() - 1
     if cfg["run"]["eval_every"] == 0:
         cfg["run"]["eval_every"] = _default_eval_every(cfg, sizes, M)
+    m = cfg["method"]
+    if m["kind"] in ("piag", "async_bcd") and not m["L"] and not m["gamma_prime"]:
+        m["L"] = _collective(comm, _estimate_L, comm, model, None if local is None else local[0])
+        if rank == 0 and not quiet:
+            print(f"[hpcsgd] method.L = {m['L']:.6g} by power iteration; gamma' = h / L = "
+                  f"{m['h'] / m['L']:.6g}", flush=True)
     model.warm_up()
     optim.warm_up()
 
     if rank == 0:
         run_dir = Path(cfg["run"]["out"])
         _on_root(comm, _prepare_run_dir if resume_tree is None else (lambda _: None), run_dir)
-        method = make_method(cfg, M, min(sizes))
+        method = make_method(cfg, sizes, model.dim, m["L"])
         # The master posts its receives when built: only after the last set-up check.
         master = Master(comm, cfg, model, sizes, method, run_dir, quiet=quiet)
         if resume_tree is None:

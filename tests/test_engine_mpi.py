@@ -371,3 +371,96 @@ def test_async_resume_with_queued_jobs_is_exact(data_dir, rule):
         # jobs in flight plus the one created by the last update, not yet sent
         assert eng["inflight"]["jobs"].shape[0] + eng["pending"].shape[0] == M, "M jobs at every moment"
     on_root(check)
+
+
+def numpy_logistic_grad(X, y, w, nonconvex=0.0):
+    """Mean logistic-loss gradient over rows of X, plus the nonconvex regulariser's."""
+    A = np.hstack([X, np.ones((X.shape[0], 1))])
+    z = A @ w
+    g = A.T @ (1.0 / (1.0 + np.exp(-z)) - y) / X.shape[0]
+    return g + nonconvex * 2.0 * w / (1.0 + w * w) ** 2
+
+
+PIAG = ("run.clock='simulated'", "stragglers.model='exp'", "stragglers.comm_mean=1.0",
+        "stragglers.speeds='linear'", "data.source='breast_cancer'", "model.kind='logistic'",
+        "model.l1=0.01", "order.batch=0", "run.epochs=0")
+
+
+@pytest.mark.mpi(min_size=2, max_size=2)
+def test_piag_with_one_worker_is_proximal_gradient_descent(data_dir):
+    """M = 1: every gradient is fresh (tau = 0), so adaptive2 steps alpha gamma' and PIAG
+    is the proximal gradient method on the worker's shard."""
+    from conftest import shared_dir
+    from hpcsgd.data import open_dataset, read_rows
+    out = shared_dir() / "run"
+    n = 25
+    assert train(data_dir, out, *PIAG, "method.kind='piag'", "method.gamma_prime=2.0",
+                 "method.alpha=0.5", f"run.max_updates={n}", "model.init='ones'") == 0
+
+    def check():
+        tree = load(out)
+        info = open_dataset("breast_cancer", data_dir)
+        X, y = read_rows(info, "train", np.arange(info.n_train))
+        x, gamma = np.ones(X.shape[1] + 1), 0.5 * 2.0
+        for _ in range(n):
+            v = x - gamma * numpy_logistic_grad(X, y, x)
+            x = np.sign(v) * np.maximum(np.abs(v) - gamma * 0.01, 0.0)
+        tr = tree["trace"]
+        assert np.all(tr["staleness"] == 0) and np.all(tr["step_size"] == gamma)
+        np.testing.assert_allclose(tree["model"]["params"], x, rtol=1e-10, atol=1e-12)
+        assert np.count_nonzero(x == 0.0) > 0, "the l1 prox should zero some weights"
+    on_root(check)
+
+
+@pytest.mark.mpi(min_size=3)
+def test_piag_delays_follow_the_version_arithmetic(data_dir):
+    """tau_k = k - min_i s_i: recomputed from the trace (who reported at which update)
+    and each update's versions, the delays and steps must be the policy's."""
+    from conftest import shared_dir
+    from hpcsgd.methods.stepsize import StepPolicy
+    out = shared_dir() / "run"
+    M = comm().Get_size() - 1
+    assert train(data_dir, out, *PIAG, "method.kind='piag'", "method.gamma_prime=0.5",
+                 "run.max_updates=60") == 0
+
+    def check():
+        tr = load(out)["trace"]
+        # every update absorbs one arrival (the first: all M), and the reporter's new job
+        # is at the new version; so worker j's stored gradient is from the version after
+        # the update that last absorbed it
+        s = np.zeros(M + 1, dtype=np.int64)
+        policy = StepPolicy("adaptive2", 0.5)
+        for k, (w, tau, step) in enumerate(zip(tr["worker"], tr["staleness"], tr["step_size"])):
+            if k > 0:
+                s[w] = last[w]
+            want = k - s[1:].min()
+            assert tau == want, (k, tau, want)
+            assert step == policy.step(int(want))
+            last = {j: k + 1 for j in range(1, M + 1)} if k == 0 else {**last, w: k + 1}
+        assert tr["staleness"].max() >= M - 1
+    on_root(check)
+
+
+@pytest.mark.mpi(min_size=3)
+def test_async_bcd_touches_one_block_per_update_and_resumes_exactly(data_dir):
+    from conftest import shared_dir
+    base = shared_dir()
+    common = (*PIAG, "method.kind='async_bcd'", "method.blocks=4", "method.gamma_prime=1.0",
+              "model.init='ones'", "model.l1=0.0", "run.eval_every=10")
+    assert train(data_dir, base / "one", *common, "run.max_updates=1") == 0
+    assert train(data_dir, base / "whole", *common, "run.max_updates=40", "run.checkpoint_every=20") == 0
+    assert train(data_dir, base / "half", *common, "run.max_updates=20") == 0
+    assert resume(base / "half", "run.max_updates=40") == 0
+
+    def check():
+        one = load(base / "one")
+        changed = np.flatnonzero(one["model"]["params"] != 1.0)
+        d = one["model"]["params"].size
+        edges = np.linspace(0, d, 5).round().astype(int)
+        b = int(one["trace"]["block"][0])
+        assert changed.size and changed.min() >= edges[b] and changed.max() < edges[b + 1], (changed, b)
+        whole, half = load(base / "whole"), load(base / "half")
+        compare_runs(whole, half)
+        assert whole["trace"]["staleness"].min() >= 0 and whole["trace"]["staleness"].max() > 0
+        assert len(set(whole["trace"]["block"].tolist())) == 4
+    on_root(check)

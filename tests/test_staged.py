@@ -16,7 +16,7 @@ from hpcsgd.methods.timing import IterationTimeModel, MeasuredTimeModel
 def AdaptiveK(k0, step, burn_in, n_workers, batch):
     cfg = resolve({"run": {"clock": "simulated"}, "order": {"batch": batch},
                    "method": {"kind": "adaptive_k", "k0": k0, "k_step": step, "burn_in": burn_in}})
-    return make_method(cfg, n_workers, max_batch=10**6)
+    return make_method(cfg, [10**6] * n_workers)
 
 
 class FakeEngine:
@@ -82,7 +82,7 @@ def test_k_never_exceeds_m_and_state_round_trips():
 def adaptive_kb(M, targets, clock="simulated", **method):
     cfg = resolve({"run": {"clock": clock}, "stragglers": STRAGGLERS,
                    "method": {"kind": "adaptive_kb", "targets": targets, **method}})
-    return make_method(cfg, M, max_batch=10**6)
+    return make_method(cfg, [10**6] * M)
 
 
 STRAGGLERS = {"model": "shifted_exp", "comm_mean": 0.005, "compute_mean": 0.001}

@@ -16,7 +16,12 @@ The engine owns the model, versions, clocks, traces and checkpoints; a method on
 decides what to apply and who computes what next.
 """
 
+import numpy as np
+
+from hpcsgd.methods.async_bcd import AsyncBCD
 from hpcsgd.methods.async_sgd import AsyncSGD
+from hpcsgd.methods.piag import PIAG
+from hpcsgd.methods.stepsize import StepPolicy
 from hpcsgd.methods.fastest_k import FastestK
 from hpcsgd.methods.staged import StagedFastestK
 from hpcsgd.methods.switching import BoundSwitch, PflugTest
@@ -33,11 +38,25 @@ def stage_targets(cfg: dict, n_workers: int) -> list[int]:
     return [k * batch for k in ks]
 
 
-def make_method(cfg: dict, n_workers: int, max_batch: int):
-    """The configured method; ``max_batch`` is the smallest worker shard."""
+def step_policy(cfg: dict, L: float) -> StepPolicy:
+    """piag / async_bcd: the configured policy with gamma' = method.gamma_prime or h / L."""
+    m = cfg["method"]
+    gamma_prime = m["gamma_prime"] or m["h"] / L
+    return StepPolicy(m["stepsize"], gamma_prime, alpha=m["alpha"], tau_max=m["tau_max"])
+
+
+def make_method(cfg: dict, shard_sizes: list[int], dim: int = 0, L: float = 0.0):
+    """The configured method for workers with these shard sizes; ``dim`` is the number of
+    parameters and ``L`` the objective's smoothness (needed by piag and async_bcd)."""
     kind = cfg["method"]["kind"]
     batch = cfg["order"]["batch"]
     m = cfg["method"]
+    n_workers, max_batch = len(shard_sizes), min(shard_sizes)
+    if kind == "piag":
+        weights = np.asarray(shard_sizes, dtype=np.float64) / sum(shard_sizes)
+        return PIAG(n_workers, batch, step_policy(cfg, L), weights, absorb=m["absorb"])
+    if kind == "async_bcd":
+        return AsyncBCD(n_workers, batch, step_policy(cfg, L), dim, m["blocks"])
     if kind == "sync":
         return FastestK(n_workers, n_workers, batch, name="sync",
                         coordinate=cfg["order"]["kind"] == "cd_grab")

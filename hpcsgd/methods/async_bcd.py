@@ -1,0 +1,69 @@
+"""Asynchronous block-coordinate descent (ALGORITHMS.md section 4) with the
+delay-adaptive step sizes of ``hpcsgd.methods.stepsize``.
+
+The parameters are cut into ``blocks`` contiguous blocks.  Each job carries the model
+at counter c_read and a block j drawn uniformly (from the engine's method stream, when
+the job is created: the moment the worker reads x); the worker computes the gradient and
+the master applies the block step
+
+    x_j = prox_{gamma_k R_j}(x_j - gamma_k grad_j f(x_read)),   tau_k = k - c_read,
+
+touching no other coordinate, then gives the finisher its next job.  (The worker
+computes the whole gradient and the master uses the block: the kernels are full-vector
+ones, and for linear models the margins X x cost as much as the gradient.)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from hpcsgd.methods.stepsize import StepPolicy
+
+
+class AsyncBCD:
+    def __init__(self, n_workers: int, batch: int, policy: StepPolicy, dim: int, blocks: int):
+        self.name = "async_bcd"
+        self.n_workers = n_workers
+        self.batch = batch
+        self.policy = policy
+        edges = np.linspace(0, dim, min(blocks, dim) + 1).round().astype(int)
+        self.blocks = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+        # the blocks of each worker's jobs, oldest first (a worker answers in order)
+        self.pending = {j: deque() for j in range(1, n_workers + 1)}
+
+    def _job(self, worker: int, rng: np.random.Generator):
+        self.pending[worker].append(int(rng.integers(len(self.blocks))))
+        return (worker, self.batch, 0)
+
+    def start(self, engine):
+        return [self._job(j, engine.rng) for j in range(1, self.n_workers + 1)]
+
+    def on_result(self, engine, r):
+        b = self.pending[r.worker].popleft()
+        tau = engine.version - r.version
+        gamma = self.policy.step(tau)
+        block = self.blocks[b]
+        engine.apply(r.grad[block], contributors=[r.worker], staleness=tau, batch=r.batch,
+                     step_size=gamma, block=block, extra={"block": b})
+        return [self._job(r.worker, engine.rng)]
+
+    def observe(self, job, r) -> None:
+        pass
+
+    def flush(self, engine) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        blocks = np.full((self.n_workers, max(map(len, self.pending.values()), default=0)), -1, dtype=np.int64)
+        for j, q in self.pending.items():
+            blocks[j - 1, :len(q)] = list(q)
+        return {"policy": self.policy.state_dict(), "pending_blocks": blocks}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        for j in range(1, self.n_workers + 1):
+            row = np.asarray(state["pending_blocks"])
+            row = row[j - 1] if row.size else np.zeros(0, dtype=np.int64)
+            self.pending[j] = deque(int(b) for b in row if b >= 0)
