@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--noise", type=float, help="synth_lsq: noise standard deviation")
     pr.add_argument("--groups", type=int, help="synth_hetlogistic: number of shifted groups")
     pr.add_argument("--seed", type=int, default=0, help="generation and train/test split seed")
+    pr.add_argument("--one-vs-rest", type=float, metavar="CLASS",
+                    help="classification sets: the binary task CLASS against the rest (named NAME_ovrCLASS)")
 
     for name, target, what in (("train", "config", "TOML configuration file"),
                                ("resume", "path", "run directory or checkpoint file")):
@@ -58,7 +60,7 @@ def _serial(args) -> int:
         from hpcsgd.data import prepare
         from pathlib import Path
         path = prepare(args.name, args.out, n=args.n, d=args.d, noise=args.noise, groups=args.groups,
-                       seed=args.seed, data_dir=Path(args.data_dir))
+                       seed=args.seed, data_dir=Path(args.data_dir), one_vs_rest=args.one_vs_rest)
         print(f"wrote {path}")
         return 0
     if args.command == "inspect":

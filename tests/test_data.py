@@ -511,3 +511,18 @@ def test_sorted_partition_is_a_contiguous_split_of_the_label_order():
         assert a.max() <= b.min()
     for p in parts:
         assert np.all(np.diff(p) > 0)
+
+
+def test_one_vs_rest_makes_a_binary_task(tmp_path):
+    from hpcsgd.data import open_dataset, read_labels
+    path = prepare("digits", data_dir=tmp_path, one_vs_rest=3)
+    assert path.name == "digits_ovr3.h5"
+    info = open_dataset("digits_ovr3", tmp_path)
+    assert info.task == "binary" and info.n_classes == 2
+    multi = open_dataset(str(prepare("digits", data_dir=tmp_path)), tmp_path)
+    y_bin, y_multi = read_labels(info, "train"), read_labels(multi, "train")
+    assert np.array_equal(y_bin, (y_multi == 3).astype(float))  # same split and rows
+    with pytest.raises(UserError, match=r"--one-vs-rest 12 is not a class .*classes: 0, 1, 2"):
+        prepare("digits", data_dir=tmp_path, one_vs_rest=12)
+    with pytest.raises(UserError, match=r"not a class of this set \(classes: none"):
+        prepare("synth_lsq", data_dir=tmp_path, n=50, d=3, one_vs_rest=1)

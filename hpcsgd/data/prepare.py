@@ -284,12 +284,14 @@ def prepare(
     groups: int | None = None,
     seed: int = 0,
     data_dir: Path = Path("data"),
+    one_vs_rest: float | None = None,
 ) -> Path:
     """Prepare data set ``name`` and write it as HDF5; returns the written path.
 
     ``n``, ``d``, ``noise``, ``groups`` apply only to the synthetic generators (giving
     them for another set is an error). ``seed`` drives synthetic generation and the
-    train/test split of every set.
+    train/test split of every set.  ``one_vs_rest = c`` turns a classification set into
+    the binary task "class c against the rest", named ``NAME_ovrC``.
     """
     if not isinstance(name, str) or not name:
         raise UserError(f"prepare: unknown data set {name!r}; allowed: {', '.join(PREPARED_NAMES)}")
@@ -368,13 +370,28 @@ def prepare(
     else:
         raise UserError(f"prepare: unknown data set {name!r}; allowed: {', '.join(PREPARED_NAMES)}")
 
+    if one_vs_rest is not None:
+        if task == "regression" or float(one_vs_rest) not in set(np.asarray(classes, dtype=float).tolist()):
+            allowed = "none (a regression set)" if task == "regression" else \
+                ", ".join(f"{c:g}" for c in np.asarray(classes, dtype=float))
+            raise UserError(f"prepare {name}: --one-vs-rest {one_vs_rest} is not a class of this set "
+                            f"(classes: {allowed})")
+        positive = int(np.flatnonzero(np.asarray(classes, dtype=float) == float(one_vs_rest))[0])
+        # split by the original classes: the same train/test rows as the multiclass set
+        strata_extra = y.astype(np.int64) if strata_extra is None else strata_extra
+        y = (y == positive).astype(np.float64)
+        task, classes = "binary", np.array([0.0, 1.0])
+        params["one_vs_rest"] = float(one_vs_rest)
+        name = f"{name}_ovr{float(one_vs_rest):g}"
+        source += f"; binary: class {float(one_vs_rest):g} (1) against the rest (0)"
+
     n_classes = 0 if task == "regression" else int(len(classes))
     _validate(name, X, y, task, n_classes)
 
     if task == "regression":
         strata = None
     elif strata_extra is not None:
-        strata = strata_extra * n_classes + y.astype(np.int64)
+        strata = strata_extra * n_classes + y.astype(np.int64)  # (group or original class, label)
     else:
         strata = y.astype(np.int64)
     train_idx, test_idx = _split(strata, X.shape[0], seed)
@@ -383,7 +400,7 @@ def prepare(
         test_idx = np.sort(test_idx)
 
     X_train, X_test = X[train_idx], X[test_idx]
-    if name == "breast_cancer":  # standardise with TRAIN statistics only
+    if name.startswith("breast_cancer"):  # standardise with TRAIN statistics only
         mean = X_train.mean(axis=0)
         std = X_train.std(axis=0)
         std[std == 0] = 1.0
