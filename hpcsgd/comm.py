@@ -56,8 +56,11 @@ def result_length(d: int, order: dict) -> int:
 
 
 # Evaluation reply: sums over the worker's rows, then the gradient sum over train rows.
-(E_TRAIN_LOSS, E_TRAIN_N, E_TRAIN_CORRECT, E_TEST_LOSS, E_TEST_N, E_TEST_CORRECT) = range(6)
-EVAL_HEADER = 6
+# E_SECONDS: how long the worker computed (the master pauses the wall clock by the
+# longest, not by the whole exchange: jobs still running when the request came keep
+# running meanwhile, and that is training time).
+(E_TRAIN_LOSS, E_TRAIN_N, E_TRAIN_CORRECT, E_TEST_LOSS, E_TEST_N, E_TEST_CORRECT, E_SECONDS) = range(7)
+EVAL_HEADER = 7
 
 
 def job_buffer(params: np.ndarray | None, version: int, batch: int, flags: int = 0) -> np.ndarray:

@@ -448,7 +448,9 @@ class Master:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> None:
-        t = time.perf_counter()
+        """Full train and test metrics at the current model.  The wall clock pauses for
+        the evaluation's own cost (the slowest worker's compute and the reduction here),
+        not for the wait while workers finish jobs already running."""
         wall = self.wall_time()  # the row's time is when evaluation started, not ended
         buf = C.job_buffer(self.params, self.version, 0)
         for j in self.workers:
@@ -457,6 +459,7 @@ class Master:
         for j in self.workers:
             reply, _ = C.recv_sized(self.comm, j, C.TAG_EVAL_RESULT)
             replies.append(reply)
+        t = time.perf_counter()
         tot = np.sum([r[:C.EVAL_HEADER] for r in replies], axis=0)
         grad = np.sum([r[C.EVAL_HEADER:] for r in replies], axis=0) / tot[C.E_TRAIN_N]
         self.model.reg_grad_add(self.params, grad)
@@ -469,15 +472,15 @@ class Master:
                    test_accuracy=tot[C.E_TEST_CORRECT] / max(tot[C.E_TEST_N], 1) if classify else math.nan,
                    grad_norm=float(np.linalg.norm(grad)))
         self.evals.append(**row)
-        self.paused += time.perf_counter() - t
+        self.paused += max(r[C.E_SECONDS] for r in replies) + time.perf_counter() - t
         if not math.isfinite(row["train_loss"]):
             raise DivergenceError(f"non-finite training loss at update {self.version}")
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Path:
-        t = time.perf_counter()
         self.method.flush(self)
-        self.drain()
+        self.drain()  # jobs run to completion meanwhile: training time, not paused
+        t = time.perf_counter()
         states = {}
         for j in self.workers:
             self._send(C.job_buffer(None, self.version, 0), j, C.TAG_STATE_GET)

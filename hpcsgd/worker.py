@@ -183,6 +183,7 @@ class Worker:
             time.sleep(min(end - now, 5e-4))
 
     def evaluate(self) -> None:
+        t = time.perf_counter()
         w = self.inbox[C.JOB_HEADER:]
         r = self.eval_reply
         m = self.model
@@ -195,6 +196,7 @@ class Worker:
         else:
             r[C.E_TEST_LOSS] = r[C.E_TEST_CORRECT] = 0.0
         r[C.E_TEST_N] = self.test_rows.size
+        r[C.E_SECONDS] = time.perf_counter() - t
         self.comm.Send(r, dest=0, tag=C.TAG_EVAL_RESULT)
 
     # ------------------------------------------------------------------ state
