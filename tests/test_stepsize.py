@@ -68,3 +68,19 @@ def test_state_round_trip_and_buffer_growth():
     assert np.array_equal(run(a, taus[100:]), run(b, taus[100:]))
     ref = StepPolicy("adaptive2", 0.5, capacity=1024)  # never grows
     assert np.allclose(first, run(ref, taus[:100]))
+
+
+def test_adaptive1_and_adaptive2_coincide_when_alpha_is_one_over_an_integer():
+    """Steps of alpha gamma' keep S a multiple of alpha gamma', so with alpha = 1/m
+    adaptive2's gamma' - S never falls strictly between 0 and alpha gamma': the two
+    reconstructed policies take the same steps (exactly so in floating point when
+    alpha is a power of two; 1/3 differs by rounding).  Other alphas separate them."""
+    rng = np.random.default_rng(11)
+    taus = delays(rng, 2000, 40)
+    for alpha in (0.5, 0.25):
+        a1 = run(StepPolicy("adaptive1", 1.0, alpha=alpha), taus)
+        a2 = run(StepPolicy("adaptive2", 1.0, alpha=alpha), taus)
+        np.testing.assert_allclose(a1, a2, atol=1e-12)
+    a1 = run(StepPolicy("adaptive1", 1.0, alpha=0.4), taus)
+    a2 = run(StepPolicy("adaptive2", 1.0, alpha=0.4), taus)
+    assert not np.allclose(a1, a2) and a2.mean() > a1.mean()
