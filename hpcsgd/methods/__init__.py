@@ -1,6 +1,6 @@
 """Update rules run by the master, one small module each.
 
-A method is a policy object the engine drives:
+A method is a policy object the engine drives (``base.Method``):
 
 - ``start(engine)`` returns the first job assignments ``[(worker, batch, flags), ...]``;
 - ``on_result(engine, result)`` sees every live result in event order (simulated
@@ -20,10 +20,10 @@ import numpy as np
 
 from hpcsgd.methods.async_bcd import AsyncBCD
 from hpcsgd.methods.async_sgd import AsyncSGD
-from hpcsgd.methods.piag import PIAG
-from hpcsgd.methods.stepsize import StepPolicy
 from hpcsgd.methods.fastest_k import FastestK
+from hpcsgd.methods.piag import PIAG
 from hpcsgd.methods.staged import StagedFastestK
+from hpcsgd.methods.stepsize import StepPolicy
 from hpcsgd.methods.switching import BoundSwitch, PflugTest
 from hpcsgd.methods.timing import IterationTimeModel, MeasuredTimeModel
 

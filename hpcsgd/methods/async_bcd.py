@@ -19,10 +19,11 @@ from collections import deque
 
 import numpy as np
 
+from hpcsgd.methods.base import Method
 from hpcsgd.methods.stepsize import StepPolicy
 
 
-class AsyncBCD:
+class AsyncBCD(Method):
     def __init__(self, n_workers: int, batch: int, policy: StepPolicy, dim: int, blocks: int):
         self.name = "async_bcd"
         self.n_workers = n_workers
@@ -48,12 +49,6 @@ class AsyncBCD:
         engine.apply(r.grad[block], contributors=[r.worker], staleness=tau, batch=r.batch,
                      step_size=gamma, block=block, extra={"block": b})
         return [self._job(r.worker, engine.rng)]
-
-    def observe(self, job, r) -> None:
-        pass
-
-    def flush(self, engine) -> None:
-        pass
 
     def state_dict(self) -> dict:
         blocks = np.full((self.n_workers, max(map(len, self.pending.values()), default=0)), -1, dtype=np.int64)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcsgd.methods.base import Method
+
 RULES = ("pure", "random", "shuffle", "shuffle_once")
 
 
-class AsyncSGD:
+class AsyncSGD(Method):
     def __init__(self, n_workers: int, batch: int, assign: str):
         assert assign in RULES, assign
         self.name = "async"
@@ -55,12 +57,6 @@ class AsyncSGD:
         engine.apply(r.grad, contributors=[r.worker], staleness=engine.version - r.version,
                      batch=r.batch, extra={"assigned": j, "queue": queue})
         return [(j, self.batch, 0)]
-
-    def observe(self, job, r) -> None:
-        pass
-
-    def flush(self, engine) -> None:
-        pass
 
     def state_dict(self) -> dict:
         return {"perm": self.perm.copy(), "pos": self.pos}

@@ -12,10 +12,11 @@ import numpy as np
 
 from hpcsgd.comm import FLAG_PREEMPTIBLE
 from hpcsgd.kernels.optim import add_into
+from hpcsgd.methods.base import Method
 from hpcsgd.ordering.balance import CoordinatedSigns
 
 
-class FastestK:
+class FastestK(Method):
     def __init__(self, k: int, n_workers: int, batch: int, name: str = "fastest_k",
                  coordinate: bool = False):
         self.name = name
@@ -71,9 +72,6 @@ class FastestK:
     def trace_extra(self) -> dict | None:
         """Extra trace columns for this update (subclasses add e.g. a stage)."""
         return None
-
-    def observe(self, job, r) -> None:
-        """Wall clock: sees every reply as it arrives, cancelled jobs' included."""
 
     def after_update(self, total: np.ndarray, scale: float) -> None:
         """Called with the applied gradient (scale * total) before its buffer is reused."""

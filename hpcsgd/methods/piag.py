@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcsgd.methods.base import Method
 from hpcsgd.methods.stepsize import StepPolicy
 
 
-class PIAG:
+class PIAG(Method):
     def __init__(self, n_workers: int, batch: int, policy: StepPolicy, weights: np.ndarray, absorb: int = 1):
         self.name = "piag"
         self.n_workers = n_workers
@@ -52,12 +53,6 @@ class PIAG:
         jobs = [(j, self.batch, 0) for j in self.reported]
         self.reported = []
         return jobs
-
-    def observe(self, job, r) -> None:
-        pass
-
-    def flush(self, engine) -> None:
-        pass
 
     # Checkpoints happen right after an update, when no arrival is waiting to be absorbed.
     def state_dict(self) -> dict:
