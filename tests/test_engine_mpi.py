@@ -134,6 +134,16 @@ def compare_runs(a: dict, b: dict) -> None:
             assert np.array_equal(a[table][col], b[table][col], equal_nan=True), f"/{table}/{col} differs"
 
 
+def run_whole_and_resumed(data_dir: Path, base: Path, common: tuple, total: int) -> None:
+    """``whole``: ``total`` updates with a checkpoint halfway; ``half``: stopped halfway
+    and resumed to ``total``.  Compare them with ``compare_runs``."""
+    half = total // 2
+    assert train(data_dir, base / "whole", *common, f"run.max_updates={total}",
+                 f"run.checkpoint_every={half}") == 0
+    assert train(data_dir, base / "half", *common, f"run.max_updates={half}") == 0
+    assert resume(base / "half", f"run.max_updates={total}") == 0
+
+
 @pytest.mark.parametrize("method", ["sync", "fastest_k"])
 def test_simulated_clock_is_bit_reproducible(data_dir, method):
     from conftest import shared_dir
@@ -176,9 +186,7 @@ def test_resume_continues_exactly(data_dir, method):
     if bound:  # constants that make the bound cross both switching levels within 40 updates
         common += ("method.switch='bound'", "method.bound_c=0.5", "method.bound_L=1.0",
                    "method.bound_sigma2=1.33", "method.bound_gap0=1.0")
-    assert train(data_dir, base / "whole", *common, "run.max_updates=40", "run.checkpoint_every=20") == 0
-    assert train(data_dir, base / "half", *common, "run.max_updates=20") == 0
-    assert resume(base / "half", "run.max_updates=40") == 0
+    run_whole_and_resumed(data_dir, base, common, 40)
 
     def check():
         whole, half = load(base / "whole"), load(base / "half")
@@ -273,9 +281,7 @@ def test_balancing_orders_resume_mid_epoch_exactly(data_dir, order):
     base = shared_dir()
     common = (*SIM, "data.source='breast_cancer'", "model.kind='logistic'", "method.kind='sync'",
               f"order.kind='{order}'", "order.batch=8", "run.eval_every=7", "order.record_history=true")
-    assert train(data_dir, base / "whole", *common, "run.max_updates=70", "run.checkpoint_every=35") == 0
-    assert train(data_dir, base / "half", *common, "run.max_updates=35") == 0
-    assert resume(base / "half", "run.max_updates=70") == 0
+    run_whole_and_resumed(data_dir, base, common, 70)
 
     def check():
         whole, half = load(base / "whole"), load(base / "half")
@@ -359,9 +365,7 @@ def test_async_resume_with_queued_jobs_is_exact(data_dir, rule):
     from conftest import shared_dir
     base = shared_dir()
     common = (*ASYNC, f"method.assign='{rule}'", "order.batch=16", "run.eval_every=10")
-    assert train(data_dir, base / "whole", *common, "run.max_updates=60", "run.checkpoint_every=30") == 0
-    assert train(data_dir, base / "half", *common, "run.max_updates=30") == 0
-    assert resume(base / "half", "run.max_updates=60") == 0
+    run_whole_and_resumed(data_dir, base, common, 60)
 
     def check():
         whole, half = load(base / "whole"), load(base / "half")
@@ -449,9 +453,7 @@ def test_async_bcd_touches_one_block_per_update_and_resumes_exactly(data_dir):
     common = (*PIAG, "method.kind='async_bcd'", "method.blocks=4", "method.gamma_prime=1.0",
               "model.init='ones'", "model.l1=0.0", "run.eval_every=10")
     assert train(data_dir, base / "one", *common, "run.max_updates=1") == 0
-    assert train(data_dir, base / "whole", *common, "run.max_updates=40", "run.checkpoint_every=20") == 0
-    assert train(data_dir, base / "half", *common, "run.max_updates=20") == 0
-    assert resume(base / "half", "run.max_updates=40") == 0
+    run_whole_and_resumed(data_dir, base, common, 40)
 
     def check():
         one = load(base / "one")

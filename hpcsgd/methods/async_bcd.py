@@ -58,7 +58,7 @@ class AsyncBCD(Method):
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
+        blocks = np.asarray(state["pending_blocks"], dtype=np.int64)
+        blocks = blocks.reshape(self.n_workers, -1) if blocks.size else np.zeros((self.n_workers, 0), np.int64)
         for j in range(1, self.n_workers + 1):
-            row = np.asarray(state["pending_blocks"])
-            row = row[j - 1] if row.size else np.zeros(0, dtype=np.int64)
-            self.pending[j] = deque(int(b) for b in row if b >= 0)
+            self.pending[j] = deque(int(b) for b in blocks[j - 1] if b >= 0)

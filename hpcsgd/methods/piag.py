@@ -30,6 +30,7 @@ class PIAG(Method):
         self.absorb = absorb
         self.table: np.ndarray | None = None  # [M, d] latest gradient of every worker
         self.total: np.ndarray | None = None  # G
+        self.change: np.ndarray | None = None  # scratch for G's update
         self.versions = np.full(n_workers, -1, dtype=np.int64)  # s_i (-1: not reported yet)
         self.reported: list[int] = []  # workers absorbed since the last update
 
@@ -41,7 +42,10 @@ class PIAG(Method):
         if self.table is None:
             self.table = np.zeros((self.n_workers, r.grad.size))
             self.total = np.zeros(r.grad.size)
-        self.total += self.weights[i] * (r.grad - self.table[i])
+            self.change = np.empty(r.grad.size)
+        np.subtract(r.grad, self.table[i], out=self.change)
+        self.change *= self.weights[i]
+        self.total += self.change
         self.table[i] = r.grad
         self.versions[i] = r.version
         self.reported.append(r.worker)
