@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="summarise a checkpoint")
     i.add_argument("path", help="checkpoint file or run directory")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.add_argument("--last", type=int, default=10, metavar="K",
+                   help="stability: std of test accuracy and loss over the last K evaluations (default 10)")
 
     pl = sub.add_parser("plot", help="plot one or more runs into a PNG")
     pl.add_argument("paths", nargs="+", help="checkpoint files or run directories")
@@ -65,7 +67,7 @@ def _serial(args) -> int:
         return 0
     if args.command == "inspect":
         from hpcsgd.inspect import main_inspect
-        return main_inspect(args.path, args.json)
+        return main_inspect(args.path, args.json, args.last)
     if args.command == "plot":
         from hpcsgd.plot import plot_runs
         out = plot_runs(args.paths, args.out, labels=args.label)

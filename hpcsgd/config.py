@@ -65,13 +65,18 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "method": {
         "kind": Key("sync", str, "update rule",
-                    choices=("sync", "fastest_k", "adaptive_k", "adaptive_kb", "async", "piag", "async_bcd")),
+                    choices=("sync", "fastest_k", "adaptive_k", "adaptive_kb", "async", "gsgm", "piag",
+                             "async_bcd")),
         "lr": Key(0.1, (int, float), "step size", positive=True),
         "momentum": Key(0.0, (int, float), "heavy-ball momentum at the master (0 = plain SGD)", minimum=0),
         "k": Key(0, int, "replies waited for by fastest_k (0 = all workers)", minimum=0),
         "assign": Key("pure", str, "async: who gets the job created at each update: the finisher "
                       "(pure), a uniform worker (random), a permutation per M updates (shuffle) or one "
                       "permutation forever (shuffle_once)", choices=("pure", "random", "shuffle", "shuffle_once")),
+        "schedule": Key(True, bool, "gsgm: white-list rounds, one admitted update per worker per round "
+                        "(a worker's early gradients are deferred)"),
+        "average": Key(True, bool, "gsgm: average a worker's deferred gradients into its admitted one "
+                       "(false: deferred gradients are dropped)"),
         "stepsize": Key("adaptive2", str, "piag, async_bcd: step-size policy (fixed uses tau_max; the "
                         "adaptive ones keep the steps within any delay window below gamma')",
                         choices=("fixed", "adaptive1", "adaptive2")),

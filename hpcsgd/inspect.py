@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcsgd.errors import UserError
 from hpcsgd.checkpoint import load_checkpoint
 
 # Staleness values up to this bound get an exact {value: count} histogram; beyond it
@@ -69,8 +70,37 @@ def staleness_histogram(stale: np.ndarray) -> tuple[dict, bool]:
     return hist, True
 
 
-def summarize(path) -> dict:
-    """Summary of the checkpoint at ``path`` (a directory: its newest valid file)."""
+def stability(ev: dict, last: int = 10) -> dict | None:
+    """Standard deviations of test accuracy and test loss over the last ``last``
+    evaluations (fewer if the run has fewer), the GSGM experiment's stability metric.
+    An evaluation repeated at the same update (the final one) counts once."""
+    upd = _col(ev, "update")
+    if upd is None or not upd.size or last < 2:
+        return None
+    keep = np.flatnonzero(np.r_[np.diff(upd) != 0, True])[-last:]
+    out = {"evals": int(keep.size)}
+    for name in ("test_accuracy", "test_loss"):
+        col = _col(ev, name)
+        if col is not None and np.isfinite(col[keep]).all():
+            out[name + "_std"] = float(np.std(col[keep]))
+            out[name + "_mean"] = float(np.mean(col[keep]))
+    return out if keep.size >= 2 else None
+
+
+def _gsgm(config: dict, trace: dict) -> dict | None:
+    """GSGM: rounds, deferrals and how many gradients the admitted ones averaged."""
+    if (config.get("method") or {}).get("kind") != "gsgm" or _col(trace, "round") is None:
+        return None
+    rnd, avg, dfr = _col(trace, "round"), _col(trace, "averaged"), _col(trace, "deferred")
+    m = config["method"]
+    return {"schedule": m.get("schedule"), "average": m.get("average"), "momentum": m.get("momentum"),
+            "rounds_completed": int(rnd[-1]) if rnd.size else 0,
+            "deferred_total": int(dfr.sum(dtype=np.int64)), "averaged_mean": float(avg.mean()) if avg.size else math.nan}
+
+
+def summarize(path, last: int = 10) -> dict:
+    """Summary of the checkpoint at ``path`` (a directory: its newest valid file);
+    ``last``: evaluations in the stability metric."""
     file, tree = load_checkpoint(Path(path))
     try:
         config = json.loads(tree.get("config", "{}"))
@@ -107,6 +137,7 @@ def summarize(path) -> dict:
         upd = _col(ev, "update")
         best = {"value": float(acc[i]), "update": _num(upd[i]) if upd is not None else None}
     out["best_test_accuracy"] = best
+    out["stability"] = stability(ev, last)
 
     # ---- trace
     n_trace = min((v.size for v in trace.values() if isinstance(v, np.ndarray)), default=0)
@@ -152,6 +183,7 @@ def summarize(path) -> dict:
     out["load"] = load or None
 
     out["stages"] = _stages(trace)
+    out["gsgm"] = _gsgm(config if isinstance(config, dict) else {}, trace)
 
     worker = _col(trace, "worker")
     if worker is not None:
@@ -278,6 +310,12 @@ def format_summary(s: dict) -> str:
     b = s["best_test_accuracy"]
     if b:
         add("best acc", f"{_fmt(b['value'])} at update {_fmt(b['update'])}  ({s['evals']} evaluations)")
+    sb = s.get("stability")
+    if sb:
+        parts = [f"{n} std {_fmt(sb[n + '_std'], 3)} (mean {_fmt(sb[n + '_mean'], 4)})"
+                 for n in ("test_accuracy", "test_loss") if n + "_std" in sb]
+        if parts:
+            add("stability", f"last {sb['evals']} evaluations: " + ", ".join(parts))
     t = s["time"]
     sim_end = t["sim_time_end"]
     sim_txt = (f", simulated {_fmt(sim_end)} s" if isinstance(sim_end, float) and math.isfinite(sim_end)
@@ -320,6 +358,12 @@ def format_summary(s: dict) -> str:
         load = "  ".join(f"{n} {st[n]}" for n in ("samples", "messages") if n in st)
         start = f"  from t = {_fmt(st['start_time'], 4)} s" if "start_time" in st else ""
         add(f"stage {st['stage']}", f"{kb}  updates {st['updates']} (from {st['first_update']}){start}  {load}")
+    g = s.get("gsgm")
+    if g:
+        add("gsgm", f"(reconstruction from the paper's abstract) schedule {g['schedule']}, average "
+                    f"{g['average']}, momentum {_fmt(g['momentum'])}: {g['rounds_completed']} rounds completed, "
+                    f"{g['deferred_total']} gradients deferred, {_fmt(g['averaged_mean'], 3)} gradients "
+                    f"per admitted update")
     pw = s["per_worker_updates"]
     if pw is not None:
         items = list(pw.items())
@@ -359,7 +403,9 @@ def summary_json(summary: dict) -> str:
     return json.dumps(_jsonable(summary), indent=2, allow_nan=False)
 
 
-def main_inspect(path: str, as_json: bool) -> int:
-    s = summarize(path)
+def main_inspect(path: str, as_json: bool, last: int = 10) -> int:
+    if last < 2:
+        raise UserError(f"inspect: --last {last}: the stability metric needs K >= 2 evaluations")
+    s = summarize(path, last)
     print(summary_json(s) if as_json else format_summary(s))
     return 0

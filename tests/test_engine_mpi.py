@@ -6,6 +6,7 @@ broadcast so that every rank passes or fails together and no rank waits alone.
 
 from __future__ import annotations
 
+import heapq
 from pathlib import Path
 
 import numpy as np
@@ -291,34 +292,43 @@ def test_balancing_orders_resume_mid_epoch_exactly(data_dir, order):
     on_root(check)
 
 
+class JobClock:
+    """Simulated time of jobs as the engine keeps it: each worker runs its jobs in FIFO
+    order, each job lasting one draw of the worker's delay stream (communication-only
+    delays, so the batch size does not matter)."""
+
+    def __init__(self, M: int, seed: int, stragglers: dict):
+        from hpcsgd.stragglers import STREAM_DELAY, DelayModel, make_stream
+        self.delays = {j: DelayModel(stragglers, j, make_stream(seed, j, STREAM_DELAY)) for j in range(1, M + 1)}
+        self.end = {j: 0.0 for j in range(1, M + 1)}
+        self.outstanding = {j: 0 for j in range(1, M + 1)}
+        self.events, self.seq = [], 0
+
+    def assign(self, j: int, t: float, version: int) -> None:
+        start = max(t, self.end[j])
+        self.end[j] = start + self.delays[j].duration(1)
+        self.outstanding[j] += 1
+        heapq.heappush(self.events, (self.end[j], j, self.seq, version))
+        self.seq += 1
+
+    def next(self) -> tuple[float, int, int]:
+        """The next job to finish: (time, worker, the version it was computed at)."""
+        t, j, _, v = heapq.heappop(self.events)
+        self.outstanding[j] -= 1
+        return t, j, v
+
+
 def simulate_async(M: int, rule: str, seed: int, updates: int, stragglers: dict):
     """A single-process event simulation of asynchronous SGD's schedule: per update the
     finisher, its staleness, the worker given the new job, that worker's outstanding
-    jobs and the simulated time.  Durations come from each worker's delay stream, one
-    draw per job in the order the worker gets them (communication-only delays, so the
-    batch size does not matter)."""
-    import heapq
-
-    from hpcsgd.stragglers import STREAM_DELAY, STREAM_METHOD, DelayModel, make_stream
-    delays = {j: DelayModel(stragglers, j, make_stream(seed, j, STREAM_DELAY)) for j in range(1, M + 1)}
-    rng = make_stream(seed, 0, STREAM_METHOD)
-    end = {j: 0.0 for j in range(1, M + 1)}
-    outstanding = {j: 0 for j in range(1, M + 1)}
-    events, seq, version, perm, out = [], 0, 0, [], []
-
-    def assign(j, t):
-        nonlocal seq
-        start = max(t, end[j])
-        end[j] = start + delays[j].duration(1)
-        outstanding[j] += 1
-        heapq.heappush(events, (end[j], j, seq, version))
-        seq += 1
-
+    jobs and the simulated time."""
+    from hpcsgd.stragglers import STREAM_METHOD, make_stream
+    clock, rng = JobClock(M, seed, stragglers), make_stream(seed, 0, STREAM_METHOD)
+    version, perm, out = 0, [], []
     for j in range(1, M + 1):
-        assign(j, 0.0)
+        clock.assign(j, 0.0, version)
     while len(out) < updates:
-        t, j, _, v = heapq.heappop(events)
-        outstanding[j] -= 1
+        t, j, v = clock.next()
         if rule == "pure":
             nxt = j
         elif rule == "random":
@@ -327,9 +337,9 @@ def simulate_async(M: int, rule: str, seed: int, updates: int, stragglers: dict)
             if not perm or (rule == "shuffle" and len(out) % M == 0):
                 perm = list(rng.permutation(M) + 1)
             nxt = int(perm[len(out) % M])
-        out.append((j, version - v, nxt, outstanding[nxt] + 1, t))
+        out.append((j, version - v, nxt, clock.outstanding[nxt] + 1, t))
         version += 1
-        assign(nxt, t)
+        clock.assign(nxt, t, version)
     return out
 
 
@@ -466,4 +476,99 @@ def test_async_bcd_touches_one_block_per_update_and_resumes_exactly(data_dir):
         compare_runs(whole, half)
         assert whole["trace"]["staleness"].min() >= 0 and whole["trace"]["staleness"].max() > 0
         assert len(set(whole["trace"]["block"].tolist())) == 4
+    on_root(check)
+
+
+def simulate_gsgm(M: int, seed: int, updates: int, stragglers: dict, shards: list, w0: np.ndarray,
+                  lr: float, beta: float):
+    """GSGM written out in one process: white-list rounds, partial averaging, momentum
+    at the master; every finisher gets the current model back at once.  Returns the
+    per-update (worker, staleness, round, averaged, deferred, time) and the model."""
+    clock = JobClock(M, seed, stragglers)
+    models, w, m = {0: w0.copy()}, w0.copy(), np.zeros_like(w0)
+    listed, buffers, rnd, deferred, out = set(range(1, M + 1)), {j: [] for j in range(1, M + 1)}, 0, 0, []
+    for j in range(1, M + 1):
+        clock.assign(j, 0.0, 0)
+    while len(out) < updates:
+        t, j, v = clock.next()
+        g = numpy_logistic_grad(*shards[j - 1], models[v])
+        if j not in listed:
+            buffers[j].append(g)
+            deferred += 1
+        else:
+            grads = [g] + buffers[j]
+            m = beta * m + np.mean(grads, axis=0)
+            w = w - lr * m
+            out.append((j, len(models) - 1 - v, rnd, len(grads), deferred, t))
+            buffers[j], deferred = [], 0
+            listed.discard(j)
+            if not listed:
+                listed, rnd = set(range(1, M + 1)), rnd + 1
+            models[len(models)] = w.copy()
+        clock.assign(j, t, len(models) - 1)
+    return out, w
+
+
+GSGM = (*ASYNC[:-4], "method.kind='gsgm'", "method.lr=0.05", "order.batch=0", "run.epochs=0",
+        "model.init='ones'")
+
+
+@pytest.mark.mpi(min_size=3)
+def test_gsgm_matches_a_single_process_simulation(data_dir):
+    from conftest import shared_dir
+    from hpcsgd.config import resolve
+    from hpcsgd.data import open_dataset, partition, read_labels, read_rows
+    out = shared_dir() / "run"
+    M, n = comm().Get_size() - 1, 40
+    assert train(data_dir, out, *GSGM, "method.momentum=0.9", f"run.max_updates={n}") == 0
+
+    def check():
+        tree = load(out)
+        tr = tree["trace"]
+        cfg = resolve({}, [s for s in GSGM if s.startswith("stragglers.")])
+        info = open_dataset("breast_cancer", data_dir)
+        parts = partition(read_labels(info, "train"), M, "iid", 0, task=info.task)
+        shards = [read_rows(info, "train", p) for p in parts]
+        want, w = simulate_gsgm(M, 0, n, cfg["stragglers"], shards, np.ones(info.n_features + 1), 0.05, 0.9)
+        got = list(zip(tr["worker"].tolist(), tr["staleness"].tolist(), tr["round"].tolist(),
+                       tr["averaged"].tolist(), tr["deferred"].tolist(), tr["sim_time"].tolist()))
+        assert got == want
+        np.testing.assert_allclose(tree["model"]["params"], w, rtol=1e-9, atol=1e-12)
+        # stragglers.speeds = linear: the fast workers are ahead and get deferred
+        assert tr["deferred"].sum() > 0 and tr["averaged"].max() > 1
+        assert tr["round"][-1] >= 3
+    on_root(check)
+
+
+@pytest.mark.mpi(min_size=3)
+def test_gsgm_resume_with_buffered_gradients_is_exact(data_dir):
+    from conftest import shared_dir
+    base = shared_dir()
+    common = (*GSGM, "method.momentum=0.9", "order.batch=16", "run.eval_every=10")
+    run_whole_and_resumed(data_dir, base, common, 60)
+
+    def check():
+        whole, half = load(base / "whole"), load(base / "half")
+        compare_runs(whole, half)
+        at_cut = load(base / "whole" / "ckpt-000000030.h5")["state"]["method"]
+        assert at_cut["deferred_count"].sum() > 0, "the checkpoint must hold deferred gradients"
+        assert not at_cut["listed"][1:].all() or at_cut["round"] > 0
+    on_root(check)
+
+
+def test_gsgm_with_every_part_off_is_pure_async(data_dir):
+    from conftest import shared_dir
+    base = shared_dir()
+    common = (*GSGM, "run.max_updates=40", "run.eval_every=10")
+    assert train(data_dir, base / "gsgm", *common, "method.schedule=false", "method.average=false") == 0
+    assert train(data_dir, base / "async", *common, "method.kind='async'", "method.assign='pure'") == 0
+
+    def check():
+        a, b = load(base / "gsgm"), load(base / "async")
+        assert np.array_equal(a["model"]["params"], b["model"]["params"])
+        for col in ("worker", "staleness", "sim_time", "step_size"):
+            assert np.array_equal(a["trace"][col], b["trace"][col]), col
+        for col in ("train_loss", "test_accuracy"):
+            assert np.array_equal(a["eval"][col], b["eval"][col]), col
+        assert np.all(a["trace"]["averaged"] == 1) and np.all(a["trace"]["deferred"] == 0)
     on_root(check)

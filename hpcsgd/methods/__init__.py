@@ -21,6 +21,7 @@ import numpy as np
 from hpcsgd.methods.async_bcd import AsyncBCD
 from hpcsgd.methods.async_sgd import AsyncSGD
 from hpcsgd.methods.fastest_k import FastestK
+from hpcsgd.methods.gsgm import GSGM
 from hpcsgd.methods.piag import PIAG
 from hpcsgd.methods.staged import StagedFastestK
 from hpcsgd.methods.stepsize import StepPolicy
@@ -62,6 +63,8 @@ def make_method(cfg: dict, shard_sizes: list[int], dim: int = 0, L: float = 0.0)
                         coordinate=cfg["order"]["kind"] == "cd_grab")
     if kind == "async":
         return AsyncSGD(n_workers, batch, m["assign"])
+    if kind == "gsgm":
+        return GSGM(n_workers, batch, dim, schedule=m["schedule"], average=m["average"])
     if kind == "fastest_k":
         return FastestK(m["k"] or n_workers, n_workers, batch, name="fastest_k")
     if kind in ("adaptive_k", "adaptive_kb"):
