@@ -44,6 +44,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "checkpoint_every": Key(0, int, "updates between checkpoints (0 = only at the end)", minimum=0),
         "keep_checkpoints": Key(3, int, "how many checkpoint files to keep", minimum=1),
         "eval_every": Key(0, int, "updates between evaluations (0 = about 20 per run)", minimum=0),
+        "eval_seconds": Key(0.0, (int, float), "evaluate at the first update after every multiple of this "
+                            "many seconds on the run's clock, instead of every eval_every updates (0 = off)",
+                            minimum=0),
         "progress_every": Key(5.0, (int, float), "seconds between progress lines (0 = never)", minimum=0),
         "threads": Key(0, int, "Numba/BLAS threads per rank (0 = SLURM_CPUS_PER_TASK or 1)", minimum=0),
     },
@@ -232,6 +235,9 @@ def _check_cross(cfg: dict) -> None:
         if not m["h"] < 1.0 and not m["gamma_prime"]:
             raise UserError(f"config: method.h = {m['h']} must be in (0, 1) (gamma' = h / L)")
     run = cfg["run"]
+    if run["eval_seconds"] and run["eval_every"]:
+        raise UserError(f"config: run.eval_every = {run['eval_every']} and run.eval_seconds = "
+                        f"{run['eval_seconds']} are both set; evaluations follow one of them (set the other to 0)")
     if run["epochs"] == 0 and run["max_updates"] == 0 and run["max_seconds"] == 0:
         raise UserError("config: run.epochs, run.max_updates and run.max_seconds are all 0; "
                         "set at least one stopping rule")

@@ -174,6 +174,8 @@ class Master:
         self.max_epochs = cfg["run"]["epochs"]
         self.max_seconds = cfg["run"]["max_seconds"]
         self.eval_every = cfg["run"]["eval_every"]
+        self.eval_seconds = cfg["run"]["eval_seconds"]
+        self.next_eval_at = 0.0  # eval_seconds: the clock time that makes the next evaluation due
         self.ckpt_every = cfg["run"]["checkpoint_every"]
         self.progress_every = cfg["run"]["progress_every"]
         self.last_progress = time.perf_counter()
@@ -472,9 +474,17 @@ class Master:
                    test_accuracy=tot[C.E_TEST_CORRECT] / max(tot[C.E_TEST_N], 1) if classify else math.nan,
                    grad_norm=float(np.linalg.norm(grad)))
         self.evals.append(**row)
+        self._schedule_eval()
         self.paused += max(r[C.E_SECONDS] for r in replies) + time.perf_counter() - t
         if not math.isfinite(row["train_loss"]):
             raise DivergenceError(f"non-finite training loss at update {self.version}")
+
+    def _schedule_eval(self) -> None:
+        """eval_seconds: the next evaluation is due at the first multiple of eval_seconds
+        after the last one's clock time (derived from /eval, so a resumed run keeps it)."""
+        if self.eval_seconds and self.evals.n:
+            last = self.evals.last("sim_time" if self.simulated else "wall_time")
+            self.next_eval_at = (math.floor(last / self.eval_seconds) + 1) * self.eval_seconds
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self) -> Path:
@@ -569,6 +579,7 @@ class Master:
         set_stream_state(self.rng, tree["rng"]["master"]["method"])
         self.trace.load(tree["trace"])
         self.evals.load(tree["eval"])
+        self._schedule_eval()
         order = tree["order"]
         states = {}
         for j in self.workers:
@@ -635,6 +646,8 @@ class Master:
         self.progress_updates += 1
         self.stop_reason = self.should_stop()
         if self.eval_every and self.version % self.eval_every == 0 and not self.stop_reason:
+            self.evaluate()
+        elif self.eval_seconds and self.now() >= self.next_eval_at and not self.stop_reason:
             self.evaluate()
         if self.ckpt_every and self.version % self.ckpt_every == 0 and not self.stop_reason:
             self.checkpoint()

@@ -153,7 +153,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     C.fine_timer_slack()
     model, sizes, local = _collective(comm, _setup, comm, cfg)
     M = comm.Get_size() - 1
-    if cfg["run"]["eval_every"] == 0:
+    if cfg["run"]["eval_every"] == 0 and not cfg["run"]["eval_seconds"]:
         cfg["run"]["eval_every"] = _default_eval_every(cfg, sizes, M)
     m = cfg["method"]
     if m["kind"] in ("piag", "async_bcd") and not m["L"] and not m["gamma_prime"]:

@@ -37,6 +37,8 @@ def test_defaults_and_run_out_from_stem(tmp_path):
     ("[run]\nclock = \"cpu\"\n", r"allowed: wall, simulated"),
     ("[stragglers]\nslow_workers = [0]\n", r"slow_workers must list worker ranks >= 1"),
     ("[run]\nepochs = 0\n", r"are all 0"),
+    ("[run]\neval_every = 5\neval_seconds = 2.0\n", r"run\.eval_every = 5 and run\.eval_seconds = 2\.0 are both set"),
+    ("[method]\nschedule = 1\n", r"method\.schedule must be true/false"),
     ("method = 3\n", r"'method' must be a table"),
     ("[run\n", r"invalid TOML"),
     ("[method]\nkind = \"adaptive_kb\"\n[order]\nkind = \"grab\"\n", r"order\.kind must be rr or so"),

@@ -542,17 +542,28 @@ def test_gsgm_matches_a_single_process_simulation(data_dir):
 
 @pytest.mark.mpi(min_size=3)
 def test_gsgm_resume_with_buffered_gradients_is_exact(data_dir):
+    """Also evaluations by clock time (run.eval_seconds): each is the first update at or
+    after a multiple of eval_seconds, and a resumed run keeps that schedule."""
     from conftest import shared_dir
     base = shared_dir()
-    common = (*GSGM, "method.momentum=0.9", "order.batch=16", "run.eval_every=10")
+    common = (*GSGM, "method.momentum=0.9", "order.batch=16", "run.eval_seconds=1.5")
     run_whole_and_resumed(data_dir, base, common, 60)
 
     def check():
         whole, half = load(base / "whole"), load(base / "half")
-        compare_runs(whole, half)
         at_cut = load(base / "whole" / "ckpt-000000030.h5")["state"]["method"]
         assert at_cut["deferred_count"].sum() > 0, "the checkpoint must hold deferred gradients"
-        assert not at_cut["listed"][1:].all() or at_cut["round"] > 0
+        # the stopped half ran one final evaluation at update 30, off the schedule
+        ev = half["eval"]
+        if 30 not in whole["eval"]["update"]:
+            keep = ev["update"] != 30
+            half["eval"] = {k: v[keep] for k, v in ev.items()}
+        compare_runs(whole, half)
+        t, upd = whole["trace"]["sim_time"], whole["eval"]["update"]
+        assert upd.size >= 5
+        for u in upd[1:-1]:  # periodic evaluations (the first is at 0, the last the final one)
+            due = (np.floor(t[u - 2] / 1.5) + 1) * 1.5 if u >= 2 else 1.5
+            assert t[u - 1] >= due > (t[u - 2] if u >= 2 else 0.0), (u, t[u - 1], due)
     on_root(check)
 
 

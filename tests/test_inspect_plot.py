@@ -260,3 +260,19 @@ def test_plot_regression_skips_accuracy_and_labels(tmp_path, figures):
         hplot.plot_runs([], str(tmp_path / "r.png"))
     with pytest.raises(UserError, match="does not exist"):
         hplot.plot_runs([str(tmp_path / "nope")], str(tmp_path / "r.png"))
+
+
+def test_stability_is_the_std_over_the_last_k_distinct_evaluations():
+    from hpcsgd.inspect import stability
+    rng = np.random.default_rng(0)
+    acc, loss = rng.random(30), rng.random(30)
+    upd = np.arange(30) * 10
+    # the final evaluation repeats the last periodic one (same update): counted once
+    ev = {"update": np.r_[upd, upd[-1]], "test_accuracy": np.r_[acc, acc[-1]],
+          "test_loss": np.r_[loss, loss[-1]]}
+    s = stability(ev, last=8)
+    assert s["evals"] == 8
+    assert s["test_accuracy_std"] == pytest.approx(np.std(acc[-8:]), rel=1e-12)
+    assert s["test_loss_std"] == pytest.approx(np.std(loss[-8:]), rel=1e-12)
+    assert s["test_accuracy_mean"] == pytest.approx(acc[-8:].mean(), rel=1e-12)
+    assert stability(ev, last=100)["evals"] == 30
