@@ -14,10 +14,21 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV = ROOT / ".venv" / "bin"
+PY = VENV / "python"
+
+
+def use_venv(script: str) -> None:
+    """Re-run ``script`` with the project's .venv interpreter unless already in it (an
+    experiment started as ``scripts/experiments/NAME`` from any shell)."""
+    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve() and PY.exists() \
+            and "HPCSGD_EXPERIMENT_REEXEC" not in os.environ:
+        os.environ["HPCSGD_EXPERIMENT_REEXEC"] = "1"
+        os.execv(str(PY), [str(PY), script, *sys.argv[1:]])
 
 
 def driver(plan_path: str) -> int:
