@@ -41,10 +41,11 @@ FLAG_PREEMPTIBLE = 1  # any newer message from the master makes this job obsolet
 # R_PAIRS pair differences of d values each when the master coordinates the order.
 # R_DURATION is the injected delay drawn for the job (in full, even when the job was
 # abandoned) and R_DELAY_COMM its communication part; R_SAMPLES is 0 for a job dropped
-# before it was computed.
+# before it was computed.  R_STOP is 1 once the worker was asked to stop (a signal),
+# so that the master can stop the whole job (hpcsgd.stop).
 (R_VERSION, R_BATCH, R_SAMPLES, R_DURATION, R_COMPUTE_S, R_LOSS_SUM, R_ABANDONED, R_EPOCH,
- R_PAIRS, R_DELAY_COMM) = range(10)
-RESULT_HEADER = 10
+ R_PAIRS, R_DELAY_COMM, R_STOP) = range(11)
+RESULT_HEADER = 11
 
 
 

@@ -33,6 +33,7 @@ from hpcsgd.config import to_json
 from hpcsgd.errors import DivergenceError
 from hpcsgd.kernels.optim import heavy_ball_step, sgd_step
 from hpcsgd.kernels.regularizers import prox_l1
+from hpcsgd.stop import StopRequest
 from hpcsgd.stragglers import STREAM_METHOD, make_stream, samples_done, set_stream_state, stream_state
 from hpcsgd.trace import EVAL_COLUMNS, TRACE_COLUMNS, Table
 
@@ -67,6 +68,7 @@ class Result:
     loss_sum: float
     abandoned: bool
     epoch: int
+    stop: bool         # the worker was asked to stop (a signal on its rank)
     grad: np.ndarray
     pairs: np.ndarray  # [Q, d] pair differences (Q = 0 unless the master balances)
     buf: np.ndarray = field(repr=False)
@@ -114,8 +116,9 @@ class EpochMirror:
 
 class Master:
     def __init__(self, comm: MPI.Comm, cfg: dict, model, shard_sizes: list[int], method,
-                 run_dir: Path, quiet: bool = False):
+                 run_dir: Path, quiet: bool = False, stop: StopRequest | None = None):
         self.comm = comm
+        self.stop = stop or StopRequest()
         self.cfg = cfg
         self.model = model
         self.method = method
@@ -260,13 +263,15 @@ class Master:
                    duration=float(h[C.R_DURATION]), delay_comm=float(h[C.R_DELAY_COMM]),
                    compute_seconds=float(h[C.R_COMPUTE_S]),
                    loss_sum=float(h[C.R_LOSS_SUM]), abandoned=bool(h[C.R_ABANDONED]),
-                   epoch=int(h[C.R_EPOCH]), grad=buf[C.RESULT_HEADER:C.RESULT_HEADER + self.d],
+                   epoch=int(h[C.R_EPOCH]), stop=bool(h[C.R_STOP]), grad=buf[C.RESULT_HEADER:C.RESULT_HEADER + self.d],
                    pairs=buf[C.RESULT_HEADER + self.d:
                              C.RESULT_HEADER + self.d * (1 + int(h[C.R_PAIRS]))].reshape(-1, self.d),
                    buf=buf)
 
     def _on_arrival(self, worker: int, buf: np.ndarray) -> None:
         r = self._parse(worker, buf)
+        if r.stop and not self.stop.reason:
+            self.stop.reason = f"a signal on worker {worker}"
         # A worker answers its jobs in the order it got them.
         job = next(j for j in self.jobs[worker] if j.result is None)
         assert job.version == r.version and job.batch == r.batch, (
@@ -602,6 +607,8 @@ class Master:
             return f"reached run.epochs = {self.max_epochs}"
         if self.max_seconds and self.now() >= self.max_seconds:
             return f"reached run.max_seconds = {self.max_seconds:g}"
+        if self.stop.check():
+            return f"stop requested ({self.stop.reason})"
         return ""
 
     def run(self, fresh: bool) -> int:
@@ -638,8 +645,12 @@ class Master:
         path = self.checkpoint()
         self._progress(force=True)
         self.stop_workers(0)
+        hint = ""
+        if self.stop.reason:
+            self.stop.consume_file()
+            hint = f"; continue with: hpcsgd resume {self.run_dir}"
         if not self.quiet:
-            print(f"[hpcsgd] stopped: {self.stop_reason}; checkpoint {path}", flush=True)
+            print(f"[hpcsgd] stopped: {self.stop_reason}; checkpoint {path}{hint}", flush=True)
         return 0
 
     def _between_updates(self) -> None:

@@ -24,6 +24,7 @@ from hpcsgd.master import Master
 from hpcsgd.methods import make_method
 from hpcsgd.models import make_model
 from hpcsgd.ordering import EpochCursor, make_ordering
+from hpcsgd.stop import StopRequest
 from hpcsgd.stragglers import STREAM_DELAY, STREAM_INIT, DelayModel, make_stream
 from hpcsgd.worker import Worker
 
@@ -169,7 +170,10 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         _on_root(comm, _prepare_run_dir if resume_tree is None else (lambda _: None), run_dir)
         method = make_method(cfg, sizes, model.dim, m["L"])
         # The master posts its receives when built: only after the last set-up check.
-        master = Master(comm, cfg, model, sizes, method, run_dir, quiet=quiet)
+        stop = StopRequest(run_dir)
+        stale = stop.stop_file.exists()
+        stop.consume_file()  # a STOP file from before this job was asked of an earlier one
+        master = Master(comm, cfg, model, sizes, method, run_dir, quiet=quiet, stop=stop)
         if resume_tree is None:
             init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
             master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
@@ -179,10 +183,13 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
                 master._send(C.job_buffer(None, master.version, 0), j, C.TAG_STATE_SET)
                 C.send_tree(comm, j, st)
         if not quiet:
+            if stale:
+                print(f"[hpcsgd] removed {stop.stop_file} left from an earlier stop", flush=True)
             what = "resuming" if resume_tree is not None else "training"
             print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
                   f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
-        return master.run(fresh=resume_tree is None)
+        with stop:
+            return master.run(fresh=resume_tree is None)
 
     _on_root(comm, lambda: None)  # rank 0 prepares the run directory
     X, y, X_test, y_test = local
@@ -191,7 +198,8 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     if cfg["order"]["record_history"]:
         cursor.history = []
     delay = DelayModel(cfg["stragglers"], rank, make_stream(cfg["run"]["seed"], rank, STREAM_DELAY))
-    return Worker(comm, cfg, model, X, y, X_test, y_test, cursor, delay).run()
+    with StopRequest() as stop:
+        return Worker(comm, cfg, model, X, y, X_test, y_test, cursor, delay, stop).run()
 
 
 def _prepare_run_dir(run_dir: Path) -> bool:

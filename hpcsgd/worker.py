@@ -16,13 +16,15 @@ from mpi4py import MPI
 
 from hpcsgd import comm as C
 from hpcsgd.ordering import EpochCursor
+from hpcsgd.stop import StopRequest
 from hpcsgd.stragglers import DelayModel, samples_done, set_stream_state, stream_state
 
 
 class Worker:
     def __init__(self, comm: MPI.Comm, cfg: dict, model, X, y, X_test, y_test,
-                 cursor: EpochCursor, delay: DelayModel):
+                 cursor: EpochCursor, delay: DelayModel, stop: StopRequest | None = None):
         self.comm = comm
+        self.stop = stop or StopRequest()
         self.rank = comm.Get_rank()
         self.model = model
         self.X, self.y, self.X_test, self.y_test = X, y, X_test, y_test
@@ -125,6 +127,7 @@ class Worker:
         out[C.R_COMPUTE_S], out[C.R_LOSS_SUM] = compute, loss_sum
         out[C.R_ABANDONED] = abandoned
         out[C.R_EPOCH], out[C.R_PAIRS] = self.cursor.epochs_started, n_pairs
+        out[C.R_STOP] = bool(self.stop.reason)
         # An abandoned job's gradient is never used: send the header only.
         n = C.RESULT_HEADER if abandoned else C.RESULT_HEADER + self.model.dim * (1 + n_pairs)
         self.comm.Send(out[:n], dest=0, tag=C.TAG_RESULT)

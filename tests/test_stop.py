@@ -1,0 +1,179 @@
+"""Coordinated stop: SIGUSR1/SIGTERM to mpiexec or to one rank, or a STOP file, stop the
+whole job at one update with a checkpoint and exit 0; the resumed run ends bit-identical
+to an uninterrupted one (simulated clock); a second signal aborts at once.
+
+Each job runs under its own ``mpiexec`` (these tests are serial pytest tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcsgd.stop import StopRequest
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+UPDATES = 4000
+
+
+def start(cfg: Path, out: Path, *settings: str, command: str = "train") -> subprocess.Popen:
+    target = str(out) if command == "resume" else str(cfg)
+    cmd = [str(BIN / "mpiexec"), "-n", "3", sys.executable, "-m", "hpcsgd", command, target,
+           *[a for s in settings for a in ("--set", s)]]
+    if command == "train":
+        cmd += ["--set", f"run.out='{out}'"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[str]:
+    """Read the job's output until a line contains ``needle``."""
+    lines, end = [], time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    proc.kill()
+    raise AssertionError(f"no line with {needle!r} in:\n{''.join(lines)}")
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, out
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def rank_pid(mpiexec_pid: int, rank: int) -> int:
+    """The pid of one MPI rank among mpiexec's descendants (MPICH sets PMI_RANK)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            is_rank = f"PMI_RANK={rank}".encode() in (entry / "environ").read_bytes().split(b"\0")
+            pid = int(entry.name)
+            while is_rank and pid > 1 and pid != mpiexec_pid:
+                pid = parent(pid)
+        except OSError:
+            continue
+        if is_rank and pid == mpiexec_pid:
+            return int(entry.name)
+    raise AssertionError(f"rank {rank} of mpiexec {mpiexec_pid} not found")
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    from hpcsgd.data import prepare
+    base = tmp_path_factory.mktemp("stop")
+    prepare("digits", data_dir=base)
+    cfg = base / "job.toml"
+    cfg.write_text(f"""
+[run]
+clock = "simulated"
+epochs = 0
+max_updates = {UPDATES}
+eval_every = 1000
+progress_every = 0.2
+[data]
+source = "digits"
+dir = "{base}"
+[model]
+kind = "softmax"
+[method]
+kind = "async"
+lr = 0.05
+[order]
+batch = 8
+[stragglers]
+model = "exp"
+comm_mean = 1.0
+""")
+    whole = base / "whole"
+    rc, out = finish(start(cfg, whole, "run.progress_every=0"))
+    assert rc == 0, out
+    return cfg, whole, base
+
+
+def load(run_dir: Path) -> dict:
+    from hpcsgd.checkpoint import load_checkpoint
+    return load_checkpoint(run_dir)[1]
+
+
+@pytest.mark.parametrize("how", ["USR1 to mpiexec", "TERM to mpiexec", "USR1 to worker 2", "STOP file"])
+def test_a_stop_request_checkpoints_exits_0_and_resumes_exactly(job, how):
+    cfg, whole, base = job
+    out = base / how.replace(" ", "_")
+    proc = start(cfg, out)
+    wait_for_line(proc, "[hpcsgd] update")
+    asked = time.monotonic()
+    if how == "STOP file":
+        (out / "STOP").touch()
+    elif how.endswith("mpiexec"):
+        proc.send_signal(getattr(signal, "SIG" + how.split()[0]))
+    else:
+        os.kill(rank_pid(proc.pid, 2), signal.SIGUSR1)
+    rc, text = finish(proc)
+    assert rc == 0, text
+    assert time.monotonic() - asked < 30, "the stop must be quick"
+    assert "stop requested" in text and "hpcsgd resume" in text, text
+    stopped = load(out)
+    assert 0 < stopped["update"] < UPDATES, "the request must land mid-run"
+    assert not (out / "STOP").exists(), "the STOP file is consumed by the stop"
+
+    rc, text = finish(start(cfg, out, command="resume"))
+    assert rc == 0, text
+    a, b = load(whole), load(out)
+    assert b["update"] == UPDATES
+    assert np.array_equal(a["model"]["params"], b["model"]["params"]), "resumed run differs"
+    for col in ("worker", "staleness", "sim_time"):
+        assert np.array_equal(a["trace"][col], b["trace"][col]), col
+
+
+def test_a_second_signal_aborts_at_once_and_keeps_the_last_checkpoint(job):
+    """Wall clock, 3 s per job: the first signal's stop waits for the jobs in flight, the
+    second one (during that wait) aborts the job without writing anything."""
+    cfg, _, base = job
+    out = base / "abort"
+    proc = start(cfg, out, "run.clock='wall'", "method.kind='sync'", "stragglers.model='fixed'",
+                 "stragglers.comm_mean=3.0", "run.checkpoint_every=1", "run.max_updates=100")
+    wait_for_line(proc, "[hpcsgd] update 1 ")
+    before = load(out)["update"]
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    asked = time.monotonic()
+    proc.send_signal(signal.SIGUSR1)
+    rc, text = finish(proc, timeout=30)
+    assert rc != 0, text
+    assert time.monotonic() - asked < 2.5, "a second signal must not wait for the jobs in flight"
+    assert "second signal" in text, text
+    assert load(out)["update"] == before, "the last checkpoint must be intact and nothing newer written"
+
+
+def test_stop_request_object(tmp_path):
+    with StopRequest(tmp_path, poll_seconds=0.0) as stop:
+        assert stop.check() == ""
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert stop.check() == "SIGUSR1"
+    assert signal.getsignal(signal.SIGUSR1) != stop._handle, "handlers are restored on exit"
+    stop = StopRequest(tmp_path, poll_seconds=0.0)
+    (tmp_path / "STOP").touch()
+    assert stop.check() == "STOP file"
+    stop.consume_file()
+    assert not (tmp_path / "STOP").exists()
+    stop.consume_file()  # no file: nothing to do
