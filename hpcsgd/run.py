@@ -48,12 +48,20 @@ def _on_root(comm: MPI.Comm, fn, *args):
 
 
 def _check_slurm(comm: MPI.Comm) -> None:
-    ntasks = os.environ.get("SLURM_NTASKS")
-    if ntasks and ntasks.isdigit() and int(ntasks) != comm.Get_size():
-        raise UserError(
-            f"MPI world size is {comm.Get_size()} but SLURM_NTASKS is {ntasks}: the ranks did not "
-            "start as one MPI job (plain srun without PMI starts singletons); launch with "
-            "'mpiexec -n $SLURM_NTASKS hpcsgd ...' or 'srun --mpi=pmi2 hpcsgd ...'")
+    """Under Slurm, catch ranks that did not start as one MPI job.  Plain ``srun``
+    without PMI starts every task as a singleton (world size 1 in an n-task step).  The
+    job scripts also export HPCSGD_NTASKS, the allocation's task count, because
+    mpiexec's ranks only see its one-task-per-node launcher step in SLURM_NTASKS."""
+    world = comm.Get_size()
+    step = os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SLURM_NTASKS") or ""
+    fix = "launch with 'mpiexec -n $SLURM_NTASKS hpcsgd ...' or 'srun --mpi=pmi2 hpcsgd ...'"
+    if world == 1 and step.isdigit() and int(step) > 1:
+        raise UserError(f"MPI world size is 1 in a Slurm step of {step} tasks: the ranks started as "
+                        f"singletons, not one MPI job (plain srun without PMI does that); {fix}")
+    wanted = os.environ.get("HPCSGD_NTASKS", "")
+    if wanted.isdigit() and int(wanted) != world:
+        raise UserError(f"MPI world size is {world} but the job script asked for HPCSGD_NTASKS = "
+                        f"{wanted} ranks (--ntasks = workers + 1); {fix}")
 
 
 def _default_eval_every(cfg: dict, sizes: list[int], n_workers: int) -> int:
@@ -170,9 +178,9 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         _on_root(comm, _prepare_run_dir if resume_tree is None else (lambda _: None), run_dir)
         method = make_method(cfg, sizes, model.dim, m["L"])
         # The master posts its receives when built: only after the last set-up check.
+        # A STOP file already there counts: the batch shell may write it while the job
+        # starts up (hpcsgd-job.sh); the stop that honours it removes it.
         stop = StopRequest(run_dir)
-        stale = stop.stop_file.exists()
-        stop.consume_file()  # a STOP file from before this job was asked of an earlier one
         master = Master(comm, cfg, model, sizes, method, run_dir, quiet=quiet, stop=stop)
         if resume_tree is None:
             init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
@@ -183,8 +191,6 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
                 master._send(C.job_buffer(None, master.version, 0), j, C.TAG_STATE_SET)
                 C.send_tree(comm, j, st)
         if not quiet:
-            if stale:
-                print(f"[hpcsgd] removed {stop.stop_file} left from an earlier stop", flush=True)
             what = "resuming" if resume_tree is not None else "training"
             print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
                   f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
