@@ -14,8 +14,8 @@ Anything else (lists, tuples, object/str arrays, bytes) is a ``TypeError``.
 
 No pickle is involved anywhere: only numeric datasets and numeric/UTF-8 attributes.
 
-Writing is atomic: the file is written to ``.ckpt-<update>.h5.tmp`` in the run
-directory, flushed, fsynced, closed and renamed into place, the directory is fsynced,
+Writing is atomic: the file is built in memory, written to ``.ckpt-<update>.h5.tmp``
+in the run directory, fsynced, closed and renamed into place, the directory is fsynced,
 and only then is ``latest.h5`` re-pointed (symlink swap via ``os.replace``) and older
 checkpoints beyond ``keep`` deleted.  A crash at any instant leaves every previously
 completed checkpoint untouched and loadable.
@@ -221,20 +221,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _fsync_h5(f: h5py.File, path: Path) -> None:
-    f.flush()
-    try:
-        fd = f.id.get_vfd_handle()
-        if isinstance(fd, int) and fd >= 0:
-            os.fsync(fd)
-            return
-    except (OSError, ValueError, TypeError, AttributeError, RuntimeError):
-        pass
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _file_image(root: dict) -> bytes:
+    """The whole HDF5 file, built in memory (HDF5's core driver, nothing on disk).
+    Writing these bytes with plain file I/O turns a full disk or a quota into an
+    ``OSError`` at a known point, where HDF5 would fail inside its own close."""
+    with h5py.File(f"hpcsgd-checkpoint-{os.getpid()}-{id(root)}.h5", "w", driver="core",
+                   backing_store=False, libver=_LIBVER) as f:
+        write_tree(f, root)
+        f.flush()
+        return f.id.get_file_image()
 
 
 def _remove_quietly(path: Path) -> None:
@@ -306,10 +301,12 @@ def save_checkpoint(run_dir: Path, tree: dict, keep: int = 3) -> Path:
     tmp = run_dir / f".{name}.tmp"
     _remove_quietly(tmp)  # a stale temp of this very update: never a checkpoint
 
+    image = _file_image(root)
     try:
-        with h5py.File(tmp, "w", libver=_LIBVER, locking=False) as f:
-            write_tree(f, root)
-            _fsync_h5(f, tmp)
+        with open(tmp, "wb") as fh:
+            fh.write(image)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, final)
     except BaseException:
         # A Python-level failure: drop the partial temp file (a hard crash leaves it
@@ -365,39 +362,30 @@ def _read_checkpoint(path: Path) -> dict:
     return tree
 
 
-def _latest_target(directory: Path) -> Path | None:
-    latest = directory / LATEST
-    if not latest.is_symlink():
-        return None
-    try:
-        target = Path(os.readlink(latest))
-    except OSError:
-        return None
-    if target.is_absolute() or len(target.parts) != 1:
-        target = Path(os.path.realpath(latest))
-        return target if target.parent == Path(os.path.realpath(directory)) else None
-    return directory / target
-
-
 def _directory_candidates(directory: Path) -> list[Path]:
+    """Checkpoint files, the one written last first (modification time).  ``latest.h5``
+    cannot decide: a crash between a checkpoint's rename and the symlink swap leaves it
+    naming the previous file, and a file of an abandoned timeline (after resuming from
+    an older one) can carry a higher update than the file written last."""
     cands = list_checkpoints(directory)
-    target = _latest_target(directory)
-    if target is not None:
-        tname = target.name
-        first = [p for p in cands if p.name == tname]
-        cands = first + [p for p in cands if p.name != tname]
-    elif not cands and (directory / LATEST).is_file():
-        cands = [directory / LATEST]  # hard-link/copy fallback without ckpt-* names
-    return cands
+    if not cands and (directory / LATEST).is_file():
+        return [directory / LATEST]  # hard-link/copy fallback without ckpt-* names
+
+    def written(p: Path) -> tuple[int, int]:
+        try:
+            return p.stat().st_mtime_ns, _checkpoint_update(p) or 0
+        except OSError:
+            return -1, -1
+    return sorted(cands, key=written, reverse=True)
 
 
 def load_checkpoint(path: Path) -> tuple[Path, dict]:
     """Load a checkpoint; return ``(file, tree)`` with the whole tree read.
 
     ``path`` may be a run directory, its ``latest.h5``, or a specific file.  For a
-    directory (or ``latest.h5``) the file ``latest.h5`` names is tried first, then the
-    others highest update first; corrupt or incomplete files are skipped with a
-    warning on stderr.  A specific corrupt file is a :class:`UserError`.
+    directory (or ``latest.h5``) the checkpoint written last is tried first, then the
+    others newest first; corrupt or incomplete files are skipped with a warning on
+    stderr.  A specific corrupt file is a :class:`UserError`.
     """
     path = Path(path)
     if not path.exists() and not path.is_symlink():

@@ -15,3 +15,7 @@ class DivergenceError(Exception):
     """Training produced a non-finite loss or gradient."""
 
     exit_code = 3
+
+
+class CheckpointWriteError(UserError):
+    """The run directory cannot take a checkpoint (disk full, read-only, quota)."""

@@ -30,7 +30,7 @@ from mpi4py import MPI
 from hpcsgd import __version__, checkpoint
 from hpcsgd import comm as C
 from hpcsgd.config import to_json
-from hpcsgd.errors import DivergenceError
+from hpcsgd.errors import CheckpointWriteError, DivergenceError
 from hpcsgd.kernels.optim import heavy_ball_step, sgd_step
 from hpcsgd.kernels.regularizers import prox_l1
 from hpcsgd.stop import StopRequest
@@ -502,7 +502,13 @@ class Master:
         for j in self.workers:
             states[j] = C.recv_tree(self.comm, j)
         tree = self.state_tree(states)
-        path = checkpoint.save_checkpoint(self.run_dir, tree, keep=self.cfg["run"]["keep_checkpoints"])
+        try:
+            path = checkpoint.save_checkpoint(self.run_dir, tree, keep=self.cfg["run"]["keep_checkpoints"])
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"cannot write a checkpoint into {self.run_dir} at update {self.version} "
+                f"({exc.strerror or exc}); the last good checkpoint is "
+                f"{self.last_checkpoint or 'none of this job'}") from None
         self.last_checkpoint = path
         self.paused += time.perf_counter() - t
         return path
@@ -632,6 +638,10 @@ class Master:
                 if self.updated:
                     self.updated = False
                     self._between_updates()
+            self.drain()
+            if self.evals.last("update") != self.version:
+                self.evaluate()
+            path = self.checkpoint()
         except DivergenceError as exc:
             self.stop_workers(3)
             where = (f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint
@@ -639,10 +649,10 @@ class Master:
             print(f"hpcsgd: error: training diverged: {exc}; {where} (try a smaller method.lr)",
                   file=sys.stderr, flush=True)
             return 3
-        self.drain()
-        if self.evals.last("update") != self.version:
-            self.evaluate()
-        path = self.checkpoint()
+        except CheckpointWriteError as exc:
+            self.stop_workers(exc.exit_code)
+            print(f"hpcsgd: error: {exc}", file=sys.stderr, flush=True)
+            return exc.exit_code
         self._progress(force=True)
         self.stop_workers(0)
         hint = ""

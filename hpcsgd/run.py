@@ -175,7 +175,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
 
     if rank == 0:
         run_dir = Path(cfg["run"]["out"])
-        _on_root(comm, _prepare_run_dir if resume_tree is None else (lambda _: None), run_dir)
+        _on_root(comm, _prepare_run_dir if resume_tree is None else _check_writable, run_dir)
         method = make_method(cfg, sizes, model.dim, m["L"])
         # The master posts its receives when built: only after the last set-up check.
         # A STOP file already there counts: the batch shell may write it while the job
@@ -217,6 +217,18 @@ def _prepare_run_dir(run_dir: Path) -> bool:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"run.out {run_dir}: cannot create ({exc.strerror})") from None
+    return _check_writable(run_dir)
+
+
+def _check_writable(run_dir: Path) -> bool:
+    """Fail at start, not at the first checkpoint hours later."""
+    probe = run_dir / f".hpcsgd-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"0")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"run.out {run_dir} is not writable ({exc.strerror}); checkpoints "
+                        f"could not be saved there") from None
     return True
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import h5py
@@ -271,6 +272,31 @@ def test_crash_in_rename_leaves_previous_untouched(tmp_path, monkeypatch):
     assert os.readlink(tmp_path / "latest.h5") == latest_before
     assert not (tmp_path / "ckpt-000000040.h5").exists()
     assert ck.load_checkpoint(tmp_path)[1]["update"] == 30
+
+
+def test_crash_between_rename_and_latest_swap_loads_the_new_file(tmp_path, monkeypatch):
+    """The new file is complete once renamed; a crash before latest.h5 is re-pointed
+    must not send a resume back to the previous checkpoint."""
+    _three_checkpoints(tmp_path)
+
+    def crash(*a, **kw):
+        raise KeyboardInterrupt("simulated crash before the symlink swap")
+
+    monkeypatch.setattr(ck, "_point_latest", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(tmp_path, make_tree(update=40), keep=3)
+    monkeypatch.undo()
+    assert os.readlink(tmp_path / "latest.h5") == "ckpt-000000030.h5"
+    assert ck.load_checkpoint(tmp_path)[1]["update"] == 40
+
+
+def test_the_file_written_last_wins_over_an_abandoned_higher_update(tmp_path):
+    _three_checkpoints(tmp_path)  # 10, 20, 30
+    # resumed from update 10: the new timeline writes 15 after the old 20 and 30
+    time.sleep(0.01)
+    ck.save_checkpoint(tmp_path, make_tree(update=15, seed=5), keep=3)
+    file, tree = ck.load_checkpoint(tmp_path)
+    assert tree["update"] == 15 and file.name == "ckpt-000000015.h5"
 
 
 def test_crash_mid_write_leaves_previous_untouched(tmp_path, monkeypatch):

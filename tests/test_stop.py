@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,43 +15,9 @@ import numpy as np
 import pytest
 
 from hpcsgd.stop import StopRequest
+from launch import digits_job, finish, load, start, wait_for_line
 
-BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
 UPDATES = 4000
-
-
-def start(cfg: Path, out: Path, *settings: str, command: str = "train") -> subprocess.Popen:
-    target = str(out) if command == "resume" else str(cfg)
-    cmd = [str(BIN / "mpiexec"), "-n", "3", sys.executable, "-m", "hpcsgd", command, target,
-           *[a for s in settings for a in ("--set", s)]]
-    if command == "train":
-        cmd += ["--set", f"run.out='{out}'"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-
-
-def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[str]:
-    """Read the job's output until a line contains ``needle``."""
-    lines, end = [], time.monotonic() + timeout
-    while time.monotonic() < end:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if needle in line:
-            return lines
-    proc.kill()
-    raise AssertionError(f"no line with {needle!r} in:\n{''.join(lines)}")
-
-
-def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return proc.returncode, out
 
 
 def parent(pid: int) -> int:
@@ -79,40 +43,12 @@ def rank_pid(mpiexec_pid: int, rank: int) -> int:
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    from hpcsgd.data import prepare
     base = tmp_path_factory.mktemp("stop")
-    prepare("digits", data_dir=base)
-    cfg = base / "job.toml"
-    cfg.write_text(f"""
-[run]
-clock = "simulated"
-epochs = 0
-max_updates = {UPDATES}
-eval_every = 1000
-progress_every = 0.2
-[data]
-source = "digits"
-dir = "{base}"
-[model]
-kind = "softmax"
-[method]
-kind = "async"
-lr = 0.05
-[order]
-batch = 8
-[stragglers]
-model = "exp"
-comm_mean = 1.0
-""")
+    cfg = digits_job(base, max_updates=UPDATES)
     whole = base / "whole"
     rc, out = finish(start(cfg, whole, "run.progress_every=0"))
     assert rc == 0, out
     return cfg, whole, base
-
-
-def load(run_dir: Path) -> dict:
-    from hpcsgd.checkpoint import load_checkpoint
-    return load_checkpoint(run_dir)[1]
 
 
 @pytest.mark.parametrize("how", ["USR1 to mpiexec", "TERM to mpiexec", "USR1 to worker 2", "STOP file"])

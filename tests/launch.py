@@ -1,0 +1,84 @@
+"""Helpers for serial tests that run whole jobs under their own ``mpiexec``
+(stop, crash and disk tests): start a job, read its output, wait for it, load its
+newest checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start(cfg: Path, out: Path, *settings: str, command: str = "train", env: dict | None = None,
+          new_session: bool = False) -> subprocess.Popen:
+    """``hpcsgd train cfg`` into ``out`` (or ``hpcsgd resume out``) on 3 ranks; output
+    merged into ``proc.stdout``.  ``new_session``: the job gets its own process group,
+    so that ``os.killpg`` reaches mpiexec and every rank."""
+    target = str(out) if command == "resume" else str(cfg)
+    cmd = [str(BIN / "mpiexec"), "-n", "3", sys.executable, "-m", "hpcsgd", command, target,
+           *[a for s in settings for a in ("--set", s)]]
+    if command == "train":
+        cmd += ["--set", f"run.out='{out}'"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", **(env or {}))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=new_session)
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[str]:
+    """Read the job's output until a line contains ``needle``."""
+    lines, end = [], time.monotonic() + timeout
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    proc.kill()
+    raise AssertionError(f"no line with {needle!r} in:\n{''.join(lines)}")
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, out
+
+
+def load(run_dir: Path) -> dict:
+    from hpcsgd.checkpoint import load_checkpoint
+    return load_checkpoint(run_dir)[1]
+
+
+def digits_job(base: Path, **run: object) -> Path:
+    """A small simulated-clock async job on digits (prepared into ``base``); ``run``
+    sets [run] keys."""
+    from hpcsgd.data import prepare
+    if not (base / "digits.h5").exists():
+        prepare("digits", data_dir=base)
+    keys = {"clock": '"simulated"', "epochs": 0, "max_updates": 4000, "eval_every": 1000,
+            "progress_every": 0.2, **run}
+    cfg = base / "job.toml"
+    cfg.write_text("[run]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) + f"""
+[data]
+source = "digits"
+dir = "{base}"
+[model]
+kind = "softmax"
+[method]
+kind = "async"
+lr = 0.05
+[order]
+batch = 8
+[stragglers]
+model = "exp"
+comm_mean = 1.0
+""")
+    return cfg
