@@ -54,7 +54,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "source": Key("digits", str, "prepared set name (digits, mnist5k, ...) or path to an .h5 file"),
         "dir": Key("data", str, "where prepared set names are looked up"),
         "partition": Key("iid", str, "how training rows are split across workers",
-                         choices=("iid", "contiguous", "sorted", "shards", "dirichlet")),
+                         choices=("iid", "contiguous", "sorted", "shards", "dirichlet", "replicate")),
         "alpha": Key(0.5, (int, float), "Dirichlet concentration for partition = dirichlet", positive=True),
     },
     "model": {
@@ -234,6 +234,10 @@ def _check_cross(cfg: dict) -> None:
             raise UserError(f"config: method.alpha = {m['alpha']} must be in (0, 1]")
         if not m["h"] < 1.0 and not m["gamma_prime"]:
             raise UserError(f"config: method.h = {m['h']} must be in (0, 1) (gamma' = h / L)")
+    if cfg["method"]["kind"] == "async_bcd" and cfg["data"]["partition"] != "replicate":
+        raise UserError(f"config: method.kind = 'async_bcd' steps along block gradients of the whole "
+                        f"objective, so every worker needs every row: set data.partition = 'replicate' "
+                        f"(got {cfg['data']['partition']!r})")
     run = cfg["run"]
     if run["eval_seconds"] and run["eval_every"]:
         raise UserError(f"config: run.eval_every = {run['eval_every']} and run.eval_seconds = "

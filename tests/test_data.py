@@ -405,7 +405,12 @@ def _labels(n=1200, C=10, seed=0):
     return np.random.default_rng(seed).integers(0, C, n).astype(np.float64)
 
 
-@pytest.mark.parametrize("scheme", PARTITIONS)
+def test_replicate_gives_every_worker_every_row():
+    parts = partition(_labels(50), 4, "replicate", seed=0)
+    assert len(parts) == 4 and all(np.array_equal(p, np.arange(50)) for p in parts)
+
+
+@pytest.mark.parametrize("scheme", [p for p in PARTITIONS if p != "replicate"])
 @pytest.mark.parametrize("n,M", [(1200, 7), (40, 4), (14, 7)])
 def test_partition_is_a_partition(scheme, n, M):
     y = _labels(n)

@@ -459,8 +459,10 @@ def test_piag_delays_follow_the_version_arithmetic(data_dir):
 @pytest.mark.mpi(min_size=3)
 def test_async_bcd_touches_one_block_per_update_and_resumes_exactly(data_dir):
     from conftest import shared_dir
+    from hpcsgd.data import open_dataset, read_rows
     base = shared_dir()
-    common = (*PIAG, "method.kind='async_bcd'", "method.blocks=4", "method.gamma_prime=1.0",
+    common = (*PIAG, "method.kind='async_bcd'", "data.partition='replicate'", "method.blocks=4",
+              "method.gamma_prime=1.0",
               "model.init='ones'", "model.l1=0.0", "run.eval_every=10")
     assert train(data_dir, base / "one", *common, "run.max_updates=1") == 0
     run_whole_and_resumed(data_dir, base, common, 40)
@@ -472,6 +474,13 @@ def test_async_bcd_touches_one_block_per_update_and_resumes_exactly(data_dir):
         edges = np.linspace(0, d, 5).round().astype(int)
         b = int(one["trace"]["block"][0])
         assert changed.size and changed.min() >= edges[b] and changed.max() < edges[b + 1], (changed, b)
+        # the block gradient is the whole objective's (every worker holds every row)
+        info = open_dataset("breast_cancer", data_dir)
+        X, y = read_rows(info, "train", np.arange(info.n_train))
+        g = numpy_logistic_grad(X, y, np.ones(d))
+        step = one["trace"]["step_size"][0]
+        np.testing.assert_allclose(one["model"]["params"][edges[b]:edges[b + 1]],
+                                   1.0 - step * g[edges[b]:edges[b + 1]], rtol=1e-12)
         whole, half = load(base / "whole"), load(base / "half")
         compare_runs(whole, half)
         assert whole["trace"]["staleness"].min() >= 0 and whole["trace"]["staleness"].max() > 0

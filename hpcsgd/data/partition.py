@@ -4,13 +4,15 @@
 that array is the worker's local indexing (local index ``i`` is global row
 ``rows[i]``). Every scheme returns each worker's rows sorted ascending (so a worker
 reads its rows from the file in one forward pass); orderings (``order.kind``) then
-permute local indices. All schemes give disjoint, non-empty parts whose union is all
-rows, and depend only on ``(y, n_workers, scheme, seed, alpha)``.
+permute local indices. All schemes but ``replicate`` give disjoint, non-empty parts
+whose union is all rows, and depend only on ``(y, n_workers, scheme, seed, alpha)``.
 
 Schemes:
 
 * ``iid`` -- a seeded random permutation cut into near-equal parts.
 * ``contiguous`` -- file order cut into near-equal ranges (no shuffling).
+* ``replicate`` -- every worker holds every row (for methods whose workers compute the
+  whole objective's gradient, such as ``async_bcd``).
 * ``sorted`` -- rows sorted by label (stable; by target value for regression) cut into
   near-equal contiguous ranges: the strongest label skew, as if a label-sorted file
   were split contiguously.
@@ -34,7 +36,7 @@ import numpy as np
 
 from hpcsgd.errors import UserError
 
-PARTITIONS = ("iid", "contiguous", "sorted", "shards", "dirichlet")
+PARTITIONS = ("iid", "contiguous", "sorted", "shards", "dirichlet", "replicate")
 _SPAWN_KEY = (0, 7)
 
 
@@ -86,6 +88,8 @@ def partition(
                         "least one example; use fewer workers or a larger data set")
     if scheme == "contiguous":
         return split_even(n, M)
+    if scheme == "replicate":
+        return [np.arange(n, dtype=np.int64) for _ in range(M)]
     rng = _rng(seed)
     if scheme == "iid":
         perm = rng.permutation(n).astype(np.int64)
