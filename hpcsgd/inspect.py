@@ -82,8 +82,14 @@ def stability(ev: dict, last: int = 10) -> dict | None:
     for name in ("test_accuracy", "test_loss"):
         col = _col(ev, name)
         if col is not None and np.isfinite(col[keep]).all():
-            out[name + "_std"] = float(np.std(col[keep]))
-            out[name + "_mean"] = float(np.mean(col[keep]))
+            y = col[keep]
+            out[name + "_std"] = float(np.std(y))
+            out[name + "_mean"] = float(np.mean(y))
+            # the std also counts a curve that is still rising or falling; the residual
+            # std around a straight line through the same points does not
+            t = np.arange(y.size, dtype=np.float64)
+            fit = np.polyval(np.polyfit(t, y, 1), t) if y.size >= 3 else y
+            out[name + "_detrended_std"] = float(np.std(y - fit))
     return out if keep.size >= 2 else None
 
 
@@ -312,8 +318,8 @@ def format_summary(s: dict) -> str:
         add("best acc", f"{_fmt(b['value'])} at update {_fmt(b['update'])}  ({s['evals']} evaluations)")
     sb = s.get("stability")
     if sb:
-        parts = [f"{n} std {_fmt(sb[n + '_std'], 3)} (mean {_fmt(sb[n + '_mean'], 4)})"
-                 for n in ("test_accuracy", "test_loss") if n + "_std" in sb]
+        parts = [f"{n} std {_fmt(sb[n + '_std'], 3)} (detrended {_fmt(sb[n + '_detrended_std'], 3)}, "
+                 f"mean {_fmt(sb[n + '_mean'], 4)})" for n in ("test_accuracy", "test_loss") if n + "_std" in sb]
         if parts:
             add("stability", f"last {sb['evals']} evaluations: " + ", ".join(parts))
     t = s["time"]

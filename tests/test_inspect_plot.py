@@ -276,3 +276,8 @@ def test_stability_is_the_std_over_the_last_k_distinct_evaluations():
     assert s["test_loss_std"] == pytest.approx(np.std(loss[-8:]), rel=1e-12)
     assert s["test_accuracy_mean"] == pytest.approx(acc[-8:].mean(), rel=1e-12)
     assert stability(ev, last=100)["evals"] == 30
+    # a steady climb: large std, no fluctuation around its line
+    ramp = {"update": upd, "test_accuracy": np.linspace(0.5, 0.9, 30), "test_loss": np.linspace(1, 0.2, 30)}
+    s = stability(ramp, last=10)
+    assert s["test_accuracy_std"] > 0.01 and s["test_accuracy_detrended_std"] < 1e-12
+    assert s["test_loss_detrended_std"] < 1e-12
