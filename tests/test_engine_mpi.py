@@ -456,6 +456,21 @@ def test_piag_delays_follow_the_version_arithmetic(data_dir):
     on_root(check)
 
 
+@pytest.mark.parametrize("policy", ["adaptive1", "fixed"])
+def test_piag_resume_restores_the_gradient_table_and_the_policy(data_dir, policy):
+    from conftest import shared_dir
+    base = shared_dir()
+    common = (*PIAG, "method.kind='piag'", "method.gamma_prime=0.5", f"method.stepsize='{policy}'",
+              "method.tau_max=6", "run.eval_every=10")
+    run_whole_and_resumed(data_dir, base, common, 60)
+
+    def check():
+        whole, half = load(base / "whole"), load(base / "half")
+        compare_runs(whole, half)
+        assert whole["trace"]["staleness"].max() > 0 or comm().Get_size() == 2
+    on_root(check)
+
+
 @pytest.mark.mpi(min_size=3)
 def test_async_bcd_touches_one_block_per_update_and_resumes_exactly(data_dir):
     from conftest import shared_dir

@@ -55,7 +55,7 @@ def make_method(cfg: dict, shard_sizes: list[int], dim: int = 0, L: float = 0.0)
     n_workers, max_batch = len(shard_sizes), min(shard_sizes)
     if kind == "piag":
         weights = np.asarray(shard_sizes, dtype=np.float64) / sum(shard_sizes)
-        return PIAG(n_workers, batch, step_policy(cfg, L), weights, absorb=m["absorb"])
+        return PIAG(n_workers, batch, step_policy(cfg, L), weights, dim, absorb=m["absorb"])
     if kind == "async_bcd":
         return AsyncBCD(n_workers, batch, step_policy(cfg, L), dim, m["blocks"])
     if kind == "sync":

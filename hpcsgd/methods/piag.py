@@ -21,16 +21,17 @@ from hpcsgd.methods.stepsize import StepPolicy
 
 
 class PIAG(Method):
-    def __init__(self, n_workers: int, batch: int, policy: StepPolicy, weights: np.ndarray, absorb: int = 1):
+    def __init__(self, n_workers: int, batch: int, policy: StepPolicy, weights: np.ndarray, dim: int,
+                 absorb: int = 1):
         self.name = "piag"
         self.n_workers = n_workers
         self.batch = batch
         self.policy = policy
         self.weights = np.asarray(weights, dtype=np.float64)
         self.absorb = absorb
-        self.table: np.ndarray | None = None  # [M, d] latest gradient of every worker
-        self.total: np.ndarray | None = None  # G
-        self.change: np.ndarray | None = None  # scratch for G's update
+        self.table = np.zeros((n_workers, dim))  # latest gradient of every worker
+        self.total = np.zeros(dim)  # G
+        self.change = np.empty(dim)  # scratch for G's update
         self.versions = np.full(n_workers, -1, dtype=np.int64)  # s_i (-1: not reported yet)
         self.reported: list[int] = []  # workers absorbed since the last update
 
@@ -39,10 +40,6 @@ class PIAG(Method):
 
     def on_result(self, engine, r):
         i = r.worker - 1
-        if self.table is None:
-            self.table = np.zeros((self.n_workers, r.grad.size))
-            self.total = np.zeros(r.grad.size)
-            self.change = np.empty(r.grad.size)
         np.subtract(r.grad, self.table[i], out=self.change)
         self.change *= self.weights[i]
         self.total += self.change
@@ -61,14 +58,11 @@ class PIAG(Method):
     # Checkpoints happen right after an update, when no arrival is waiting to be absorbed.
     def state_dict(self) -> dict:
         assert not self.reported
-        state = {"versions": self.versions.copy(), "policy": self.policy.state_dict()}
-        if self.table is not None:
-            state.update(table=self.table.copy(), total=self.total.copy())
-        return state
+        return {"versions": self.versions.copy(), "policy": self.policy.state_dict(),
+                "table": self.table.copy(), "total": self.total.copy()}
 
     def load_state_dict(self, state: dict) -> None:
         self.versions[:] = state["versions"]
         self.policy.load_state_dict(state["policy"])
-        if "table" in state:
-            self.table = np.asarray(state["table"], dtype=np.float64).copy()
-            self.total = np.asarray(state["total"], dtype=np.float64).copy()
+        self.table[:] = np.asarray(state["table"]).reshape(self.table.shape)
+        self.total[:] = state["total"]
