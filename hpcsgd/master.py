@@ -263,7 +263,8 @@ class Master:
                    duration=float(h[C.R_DURATION]), delay_comm=float(h[C.R_DELAY_COMM]),
                    compute_seconds=float(h[C.R_COMPUTE_S]),
                    loss_sum=float(h[C.R_LOSS_SUM]), abandoned=bool(h[C.R_ABANDONED]),
-                   epoch=int(h[C.R_EPOCH]), stop=bool(h[C.R_STOP]), grad=buf[C.RESULT_HEADER:C.RESULT_HEADER + self.d],
+                   epoch=int(h[C.R_EPOCH]), stop=bool(h[C.R_STOP]),
+                   grad=buf[C.RESULT_HEADER:C.RESULT_HEADER + self.d],
                    pairs=buf[C.RESULT_HEADER + self.d:
                              C.RESULT_HEADER + self.d * (1 + int(h[C.R_PAIRS]))].reshape(-1, self.d),
                    buf=buf)

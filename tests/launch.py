@@ -11,7 +11,18 @@ import time
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec")
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def hpcsgd_command(*args: str, n: int = 3) -> list[str]:
+    """``mpiexec -n n python -m hpcsgd args...`` with this interpreter."""
+    return [MPIEXEC, "-n", str(n), sys.executable, "-m", "hpcsgd", *args]
+
+
+def job_env(**extra: str) -> dict:
+    """The environment of a test job: this checkout importable, one thread per rank."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", **extra)
 
 
 def start(cfg: Path, out: Path, *settings: str, command: str = "train", env: dict | None = None,
@@ -20,13 +31,11 @@ def start(cfg: Path, out: Path, *settings: str, command: str = "train", env: dic
     merged into ``proc.stdout``.  ``new_session``: the job gets its own process group,
     so that ``os.killpg`` reaches mpiexec and every rank."""
     target = str(out) if command == "resume" else str(cfg)
-    cmd = [str(BIN / "mpiexec"), "-n", "3", sys.executable, "-m", "hpcsgd", command, target,
-           *[a for s in settings for a in ("--set", s)]]
+    cmd = hpcsgd_command(command, target, *[a for s in settings for a in ("--set", s)])
     if command == "train":
         cmd += ["--set", f"run.out='{out}'"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", **(env or {}))
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=new_session)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=job_env(**(env or {})), start_new_session=new_session)
 
 
 def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[str]:

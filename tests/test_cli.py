@@ -6,7 +6,6 @@ input, no hang, existing checkpoints untouched, divergence and crashes ending th
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +14,12 @@ import h5py
 import numpy as np
 import pytest
 
-BIN = Path(sys.executable).parent
-MPIEXEC = str(BIN / "mpiexec")
-ROOT = Path(__file__).resolve().parents[1]
+from launch import MPIEXEC, hpcsgd_command, job_env
 
 
 def run(*args: str, n: int = 3, timeout: float = 90, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = [MPIEXEC, "-n", str(n), sys.executable, "-m", "hpcsgd", *args]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+    return subprocess.run(hpcsgd_command(*args, n=n), capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env=job_env())
 
 
 def serial(*args: str) -> subprocess.CompletedProcess:
@@ -146,8 +142,7 @@ def test_a_crash_on_one_worker_ends_the_whole_job(job, tmp_path):
         "from hpcsgd.cli import main\n"
         "main(sys.argv[1:])\n")
     cmd = [MPIEXEC, "-n", "3", sys.executable, str(script), "train", str(cfg), *base]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=job_env())
     assert proc.returncode != 0
     assert "injected failure on rank 2" in proc.stderr
 
