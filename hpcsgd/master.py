@@ -116,9 +116,9 @@ class EpochMirror:
 
 class Master:
     def __init__(self, comm: MPI.Comm, cfg: dict, model, shard_sizes: list[int], method,
-                 run_dir: Path, quiet: bool = False, stop: StopRequest | None = None):
+                 run_dir: Path, stop: StopRequest, quiet: bool = False):
         self.comm = comm
-        self.stop = stop or StopRequest()
+        self.stop = stop
         self.cfg = cfg
         self.model = model
         self.method = method

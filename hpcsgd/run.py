@@ -181,7 +181,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         # A STOP file already there counts: the batch shell may write it while the job
         # starts up (hpcsgd-job.sh); the stop that honours it removes it.
         stop = StopRequest(run_dir)
-        master = Master(comm, cfg, model, sizes, method, run_dir, quiet=quiet, stop=stop)
+        master = Master(comm, cfg, model, sizes, method, run_dir, stop, quiet=quiet)
         if resume_tree is None:
             init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
             master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])

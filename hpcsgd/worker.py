@@ -22,9 +22,9 @@ from hpcsgd.stragglers import DelayModel, samples_done, set_stream_state, stream
 
 class Worker:
     def __init__(self, comm: MPI.Comm, cfg: dict, model, X, y, X_test, y_test,
-                 cursor: EpochCursor, delay: DelayModel, stop: StopRequest | None = None):
+                 cursor: EpochCursor, delay: DelayModel, stop: StopRequest):
         self.comm = comm
-        self.stop = stop or StopRequest()
+        self.stop = stop
         self.rank = comm.Get_rank()
         self.model = model
         self.X, self.y, self.X_test, self.y_test = X, y, X_test, y_test
