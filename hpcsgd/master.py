@@ -38,7 +38,7 @@ from hpcsgd.stragglers import STREAM_METHOD, make_stream, samples_done, set_stre
 from hpcsgd.trace import EVAL_COLUMNS, TRACE_COLUMNS, Table
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     worker: int
     seq: int
@@ -56,7 +56,7 @@ class Job:
         return not math.isnan(self.cancel_time)
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     worker: int
     version: int
@@ -79,12 +79,14 @@ def _carries_gradient(r: Result) -> bool:
 
 
 class EpochMirror:
-    """The master's copy of each worker's epoch cursor (batches never cross epochs)."""
+    """The master's copy of each worker's epoch cursor (batches never cross epochs).
+    Plain lists: the master takes one batch per job, and NumPy scalar indexing would
+    cost more than the arithmetic."""
 
     def __init__(self, sizes: list[int]):
-        self.sizes = np.asarray(sizes, dtype=np.int64)
-        self.pos = self.sizes.copy()  # "at the end of epoch 0": the first take starts epoch 1
-        self.started = np.zeros(len(sizes), dtype=np.int64)
+        self.sizes = [int(n) for n in sizes]
+        self.pos = list(self.sizes)  # "at the end of epoch 0": the first take starts epoch 1
+        self.started = [0] * len(sizes)
         self._epoch = 0.0
         self._stale = True
 
@@ -92,26 +94,35 @@ class EpochMirror:
         """The size of the worker's next batch: ``batch`` (0 = the whole shard), cut
         at the end of its epoch."""
         i = worker - 1
-        batch = batch or int(self.sizes[i])
-        if self.pos[i] >= self.sizes[i]:
+        size = self.sizes[i]
+        if self.pos[i] >= size:
             self.pos[i] = 0
             self.started[i] += 1
-        actual = int(min(batch, self.sizes[i] - self.pos[i]))
+        actual = min(batch or size, size - self.pos[i])
         self.pos[i] += actual
         self._stale = True
         return actual
 
     def at_epoch_end(self) -> bool:
         """Every worker's next job starts a new epoch."""
-        return bool((self.pos >= self.sizes).all())
+        return all(p >= n for p, n in zip(self.pos, self.sizes))
 
     def epoch(self) -> float:
         """Passes completed by the slowest worker (fractional)."""
         if self._stale:
-            done = np.where(self.started > 0, self.started - 1 + self.pos / self.sizes, 0.0)
-            self._epoch = float(done.min())
+            self._epoch = min(s - 1 + p / n if s > 0 else 0.0
+                              for s, p, n in zip(self.started, self.pos, self.sizes))
             self._stale = False
         return self._epoch
+
+    def state(self) -> dict:
+        return {"mirror_pos": np.array(self.pos, dtype=np.int64),
+                "mirror_started": np.array(self.started, dtype=np.int64)}
+
+    def load(self, engine_state: dict) -> None:
+        self.pos = [int(p) for p in engine_state["mirror_pos"]]
+        self.started = [int(s) for s in engine_state["mirror_started"]]
+        self._stale = True
 
 
 class Master:
@@ -137,7 +148,7 @@ class Master:
         self.version = 0
         self.rng = make_stream(cfg["run"]["seed"], 0, STREAM_METHOD)
         self.mirror = EpochMirror(shard_sizes)
-        self.contributions = np.zeros(self.M + 1, dtype=np.int64)  # applied gradients per worker
+        self.contributions = [0] * (self.M + 1)  # applied gradients per worker
         self.trace = Table(TRACE_COLUMNS)
         self.evals = Table(EVAL_COLUMNS)
 
@@ -245,7 +256,6 @@ class Master:
 
     def _receive_some(self) -> bool:
         """Move arrived results onto their jobs; True if anything arrived."""
-        self._reap_sends()
         idx = MPI.Request.Testsome(self.recvs)
         if not idx:
             return False
@@ -257,7 +267,7 @@ class Master:
         return True
 
     def _parse(self, worker: int, buf: np.ndarray) -> Result:
-        h = buf[:C.RESULT_HEADER]
+        h = buf[:C.RESULT_HEADER].tolist()  # one conversion, not one NumPy scalar per field
         return Result(worker=worker, version=int(h[C.R_VERSION]),
                    batch=int(h[C.R_BATCH]), samples=int(h[C.R_SAMPLES]),
                    duration=float(h[C.R_DURATION]), delay_comm=float(h[C.R_DELAY_COMM]),
@@ -440,7 +450,8 @@ class Master:
         if self.l1 > 0.0:
             prox_l1(params, lr * self.l1)
         self.version += 1
-        self.contributions[contributors] += 1
+        for j in contributors:
+            self.contributions[j] += 1
         worker = contributors[0] if len(contributors) == 1 else -1
         k = len(contributors)
         self.trace.append(update=self.version, wall_time=self.wall_time(),
@@ -516,7 +527,7 @@ class Master:
 
     def state_tree(self, worker_states: dict[int, dict]) -> dict:
         M = self.M
-        nmax = int(self.mirror.sizes.max())
+        nmax = max(self.mirror.sizes)
         perm = np.full((M, nmax), -1, dtype=np.int64)
         order = {"perm": perm, "pos": np.zeros(M, dtype=np.int64),
                  "epochs_started": np.zeros(M, dtype=np.int64)}
@@ -549,9 +560,8 @@ class Master:
                 "method": self.method.state_dict(),
                 "engine": {"version": self.version, "seq": self.seq, "sim_now": self.sim_now,
                            "wall_time": self.wall_time(), "worker_end": self.worker_end.copy(),
-                           "contributions": self.contributions.copy(),
-                           "mirror_pos": self.mirror.pos.copy(),
-                           "mirror_started": self.mirror.started.copy(),
+                           "contributions": np.array(self.contributions, dtype=np.int64),
+                           **self.mirror.state(),
                            "pending": pending, "arrivals": self.arrivals,
                            "inflight": self._inflight_tree(),
                            "row_samples": self.row_samples, "row_messages": self.row_messages,
@@ -576,10 +586,8 @@ class Master:
         self.sim_now = float(eng["sim_now"])
         self.wall_offset = float(eng["wall_time"])
         self.worker_end[:] = eng["worker_end"]
-        self.contributions[:] = eng["contributions"]
-        self.mirror.pos[:] = eng["mirror_pos"]
-        self.mirror.started[:] = eng["mirror_started"]
-        self.mirror._stale = True
+        self.contributions = [int(c) for c in eng["contributions"]]
+        self.mirror.load(eng)
         self.pending = [tuple(int(x) for x in row) for row in eng["pending"]]
         self.arrivals = int(eng["arrivals"])
         self._load_inflight(eng["inflight"])
@@ -595,7 +603,7 @@ class Master:
         order = tree["order"]
         states = {}
         for j in self.workers:
-            n = int(self.mirror.sizes[j - 1])
+            n = self.mirror.sizes[j - 1]
             st = {"rng": tree["rng"][f"worker_{j}"], "ordering": tree["state"]["workers"][f"worker_{j}"],
                   "order": {"perm": order["perm"][j - 1][order["perm"][j - 1] >= 0][:n].copy(),
                             "pos": int(order["pos"][j - 1]),

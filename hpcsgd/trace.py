@@ -19,44 +19,70 @@ EVAL_COLUMNS = {
 
 
 class Table:
-    """Append-only columns with amortised growth; ``arrays()`` gives the filled part."""
+    """Append-only columns.  New rows wait as dicts and move into the NumPy columns a
+    block at a time: the master appends one row per update, and storing a dict costs a
+    small fraction of writing a dozen NumPy scalars one by one.  A column that a row
+    leaves out (or that appears later, e.g. a method's stage) is 0 there."""
+
+    BLOCK = 1024
 
     def __init__(self, columns: dict[str, type]):
         self.dtypes = dict(columns)
-        self.n = 0
-        self.data = {name: np.empty(1024, dtype=dt) for name, dt in self.dtypes.items()}
+        self.columns = {name: np.zeros(self.BLOCK, dtype=dt) for name, dt in self.dtypes.items()}
+        self.stored = 0          # rows already in self.columns (whose capacity doubles)
+        self.rows: list[dict] = []
+
+    @property
+    def n(self) -> int:
+        return self.stored + len(self.rows)
 
     def add_column(self, name: str, dtype) -> None:
-        """Methods may trace extra columns (e.g. a stage number); earlier rows get 0."""
         if name not in self.dtypes:
+            self._store()
             self.dtypes[name] = dtype
-            self.data[name] = np.zeros(self.data["update"].size, dtype=dtype)
+            self.columns[name] = np.zeros(self._capacity(), dtype=dtype)
 
     def append(self, **row) -> None:
-        if self.n == self.data["update"].size:
-            for name in self.data:
-                grown = np.zeros(2 * self.n, dtype=self.dtypes[name])
-                grown[:self.n] = self.data[name][:self.n]
-                self.data[name] = grown
-        for name, value in row.items():
-            if name not in self.dtypes:  # a method's own column, e.g. its stage
+        if not row.keys() <= self.dtypes.keys():
+            for name in row.keys() - self.dtypes.keys():  # a method's own column
                 self.add_column(name, np.int32)
-        for name in self.dtypes:
-            self.data[name][self.n] = row.get(name, 0)
-        self.n += 1
+        self.rows.append(row)
+        if len(self.rows) == self.BLOCK:
+            self._store()
+
+    def _store(self) -> None:
+        if not self.rows:
+            return
+        rows, n, start = self.rows, len(self.rows), self.stored
+        if start + n > self._capacity():
+            size = max(2 * self._capacity(), start + n)
+            for name, col in self.columns.items():
+                self.columns[name] = np.zeros(size, dtype=col.dtype)
+                self.columns[name][:start] = col[:start]
+        for name, col in self.columns.items():
+            col[start:start + n] = [r.get(name, 0) for r in rows]
+        self.stored += n
+        self.rows = []
+
+    def _capacity(self) -> int:
+        return self.columns["update"].size
 
     def last(self, name: str):
-        return self.data[name][self.n - 1] if self.n else None
+        if self.rows:
+            return self.dtypes[name](self.rows[-1].get(name, 0))
+        return self.columns[name][self.stored - 1] if self.stored else None
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: col[:self.n].copy() for name, col in self.data.items()}
+        self._store()
+        return {name: col[:self.stored].copy() for name, col in self.columns.items()}
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         for name, col in arrays.items():
-            self.add_column(name, col.dtype)
-        self.n = 0
-        size = max(1024, 2 * max((len(c) for c in arrays.values()), default=0))
-        self.data = {name: np.zeros(size, dtype=dt) for name, dt in self.dtypes.items()}
+            if name not in self.dtypes:
+                self.dtypes[name] = col.dtype.type
+        self.rows = []
+        self.stored = len(next(iter(arrays.values()))) if arrays else 0
+        size = max(self.BLOCK, 2 * self.stored)
+        self.columns = {name: np.zeros(size, dtype=dt) for name, dt in self.dtypes.items()}
         for name, col in arrays.items():
-            self.data[name][:len(col)] = col
-        self.n = len(next(iter(arrays.values()))) if arrays else 0
+            self.columns[name][:self.stored] = col

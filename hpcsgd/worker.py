@@ -39,6 +39,7 @@ class Worker:
         batch = cfg["order"]["batch"]
         self.inbox = np.empty(C.JOB_HEADER + max(d, batch))  # a job, or up to B/2 signs
         self.result = np.empty(C.result_length(d, cfg["order"]))
+        self.header = [0.0] * C.RESULT_HEADER
         self.grads = np.empty((batch, d)) if self.per_example else None
         # CD-GraB pairs waiting for the master's signs, oldest first (signs may come one
         # job late: the master computes them while this worker runs the next step)
@@ -78,9 +79,9 @@ class Worker:
 
     # ------------------------------------------------------------------ work
     def job(self) -> None:
-        h = self.inbox
+        h = self.inbox[:C.JOB_HEADER].tolist()
         version, batch, flags = int(h[C.J_VERSION]), int(h[C.J_BATCH]), int(h[C.J_FLAGS])
-        w = h[C.JOB_HEADER:]
+        w = self.inbox[C.JOB_HEADER:]
         idx = self.cursor.next_batch(batch)
         assert idx.size == batch, f"worker {self.rank}: master expected batch {batch}, order gives {idx.size}"
         # The batch and the delay are drawn even for a dropped job, so that what later
@@ -122,12 +123,14 @@ class Worker:
     def _reply(self, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
                abandoned, n_pairs) -> None:
         out = self.result
-        out[C.R_VERSION], out[C.R_BATCH], out[C.R_SAMPLES] = version, batch, samples
-        out[C.R_DURATION], out[C.R_DELAY_COMM] = delay_comm + delay_compute, delay_comm
-        out[C.R_COMPUTE_S], out[C.R_LOSS_SUM] = compute, loss_sum
-        out[C.R_ABANDONED] = abandoned
-        out[C.R_EPOCH], out[C.R_PAIRS] = self.cursor.epochs_started, n_pairs
-        out[C.R_STOP] = bool(self.stop.reason)
+        h = self.header  # filled as a list and copied in once (NumPy scalar writes are slow)
+        h[C.R_VERSION], h[C.R_BATCH], h[C.R_SAMPLES] = version, batch, samples
+        h[C.R_DURATION], h[C.R_DELAY_COMM] = delay_comm + delay_compute, delay_comm
+        h[C.R_COMPUTE_S], h[C.R_LOSS_SUM] = compute, loss_sum
+        h[C.R_ABANDONED] = abandoned
+        h[C.R_EPOCH], h[C.R_PAIRS] = self.cursor.epochs_started, n_pairs
+        h[C.R_STOP] = bool(self.stop.reason)
+        out[:C.RESULT_HEADER] = h
         # An abandoned job's gradient is never used: send the header only.
         n = C.RESULT_HEADER if abandoned else C.RESULT_HEADER + self.model.dim * (1 + n_pairs)
         self.comm.Send(out[:n], dest=0, tag=C.TAG_RESULT)
