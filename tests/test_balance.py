@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from numba import njit
 
+from hpcsgd.kernels.balance import _dot, cd_grab_signs, pair_row_signs, pair_signs
 from hpcsgd.ordering import make_ordering
 from hpcsgd.ordering.herding import herding_rounds, unit_vectors
 
@@ -53,6 +55,29 @@ def ref_pair(perm, Z, epochs):
     return perms
 
 
+def ref_dot(s, c):
+    """<s, c> in plain Python floats as the kernels sum it: four partial sums over
+    k mod 4 in increasing k (a trailing d % 4 into the first), then paired."""
+    d, part = len(s), [0.0] * 4
+    for k in range(d - d % 4):
+        part[k % 4] += float(s[k]) * float(c[k])
+    for k in range(d - d % 4, d):
+        part[0] += float(s[k]) * float(c[k])
+    return (part[0] + part[1]) + (part[2] + part[3])
+
+
+def ref_pair_signs(s, rows):
+    """The pair sign pass in plain Python floats, operation for operation: c = a - b,
+    sign +1 when <s, c> <= 0 else -1, s += sign * c.  Returns (s, eps)."""
+    s, eps = [float(x) for x in s], []
+    for a, b in zip(rows[0::2], rows[1::2]):
+        c = [float(x) - float(y) for x, y in zip(a, b)]
+        sign = 1.0 if ref_dot(s, c) <= 0.0 else -1.0
+        s = [x + sign * y for x, y in zip(s, c)]
+        eps.append(int(sign))
+    return np.array(s), np.array(eps, dtype=np.int8)
+
+
 def ref_cd_grab(perms0, Z, epochs, B):
     """CD-GraB with the loop order of the paper: step, then pair q outer, worker j inner."""
     M, n = len(perms0), len(perms0[0])
@@ -96,6 +121,23 @@ def run(order, Z, epochs, B):
     return out
 
 
+def run_batches(order, Z, epochs, sizes):
+    """``run`` with batch sizes cycling through ``sizes``, which may be odd (an example
+    then waits for the next step) or 0."""
+    out = []
+    for e in range(epochs + 1):
+        perms = order.next_epoch()
+        out.append([list(p) for p in perms])
+        if e == epochs:
+            break
+        start, t = 0, 0
+        while start < perms[0].size:
+            b = sizes[t % len(sizes)]
+            order.step([Z[e][j][p[start:start + b]] for j, p in enumerate(perms)])
+            start, t = start + b, t + 1
+    return out
+
+
 def gradients(epochs, M, n, d, seed=0):
     return np.random.default_rng(seed).standard_normal((epochs, M, n, d))
 
@@ -117,6 +159,95 @@ def test_pair_matches_reference(n, B):
     got = run(make_ordering("pair", [n] * 3, seed=2), Z, 3, B)
     for j in range(3):
         assert [g[j] for g in got] == ref_pair(got[0][j], Z[:, j], 3)
+
+
+@pytest.mark.parametrize("n", [13, 14])
+def test_pair_with_odd_batches_carries_an_example_across_steps(n):
+    # d = 37: four-lane sums plus a tail; the batches leave an example pending (and an
+    # empty step keeps it pending) at many points of the epoch
+    Z = gradients(4, 2, n, 37, seed=14)
+    got = run_batches(make_ordering("pair", [n, n], seed=7), Z, 3, [3, 1, 0, 5, 2, 1])
+    for j in range(2):
+        assert [g[j] for g in got] == ref_pair(got[0][j], Z[:, j], 3)
+
+
+def test_pair_state_saved_with_an_example_pending_continues_exactly():
+    Z = gradients(3, 1, 11, 9, seed=16)
+    a, b = make_ordering("pair", [11], seed=2), make_ordering("pair", [11], seed=2)
+    for e in range(3):
+        perm = a.next_epoch()[0]
+        assert np.array_equal(perm, b.next_epoch()[0])
+        for start in range(0, 11, 3):
+            a.step([Z[e][0][perm[start:start + 3]]])
+            b.step([Z[e][0][perm[start:start + 3]]])
+            if b.pending_id[0] >= 0:
+                b2 = make_ordering("pair", [11], seed=99)
+                b2.load_state_dict(b.state_dict())
+                b = b2
+    assert np.array_equal(a.next_epoch()[0], b.next_epoch()[0])
+    assert a.s[0].tobytes() == b.s[0].tobytes()
+
+
+@njit
+def kernel_dot(s, v, w):
+    return _dot(s, v, w)
+
+
+@pytest.mark.parametrize("d", [0, 1, 2, 3, 4, 5, 7, 8, 9, 13, 64, 1001])
+def test_dot_sums_in_the_reference_order(d):
+    # mixed magnitudes, so that other orders (one chain, BLAS, 8 partial sums) give
+    # other low bits for most d
+    rng = np.random.default_rng(d)
+    s, a, b = rng.standard_normal((3, d)) * 10.0 ** rng.integers(-2, 2, (3, d))
+    assert kernel_dot(s, a, b) == ref_dot(s, a - b)
+    assert kernel_dot(s, a, None) == ref_dot(s, a)
+
+
+@pytest.mark.parametrize("d", [0, 1, 3, 4, 5, 8, 11, 37])
+def test_pair_sign_kernels_are_bit_identical_to_the_reference(d):
+    rng = np.random.default_rng(d)
+    rows = rng.standard_normal((10, d)) * 10.0 ** rng.integers(-30, 30, (10, d))
+    if d:
+        rows[6, d // 2] = np.inf  # inf - inf and 0 * inf: NaN sums take the -1 branch
+        rows[7, d // 2] = np.inf
+        rows[8, 0] = -0.0
+    s0 = rng.standard_normal(d)
+
+    def same(x, y):  # bitwise, NaN payloads aside
+        x, y = np.where(np.isnan(x), np.nan, x), np.where(np.isnan(y), np.nan, y)
+        return x.tobytes() == y.tobytes()
+
+    with np.errstate(invalid="ignore"):
+        want_s, want_eps = ref_pair_signs(s0, rows)
+        diffs = rows[0::2] - rows[1::2]
+    s, eps = s0.copy(), np.empty(5, dtype=np.int8)
+    pair_row_signs(s, rows, eps)  # from the rows: differences formed on the fly
+    assert same(s, want_s) and np.array_equal(eps, want_eps)
+    s, eps = s0.copy(), np.empty(5, dtype=np.int8)
+    pair_signs(s, diffs, eps)  # stored differences
+    assert same(s, want_s) and np.array_equal(eps, want_eps)
+    s, eps = s0.copy(), np.empty((1, 5), dtype=np.int8)
+    cd_grab_signs(s, diffs[None], eps)
+    assert same(s, want_s) and np.array_equal(eps[0], want_eps)
+
+
+def test_cd_grab_worker_pairs_carry_an_odd_example():
+    n, d = 11, 6
+    G = gradients(1, 1, n, d, seed=15)[0, 0]
+    order = make_ordering("cd_grab", [n], seed=3)
+    perm = order.next_epoch()[0]
+    firsts, seconds, diffs, start = [], [], [], 0
+    for b in [3, 0, 2, 1, 5]:
+        first, second, c = order.pairs(0, G[perm[start:start + b]])
+        order.place(0, first, second, np.ones(first.size, dtype=np.int8))
+        firsts.append(first)
+        seconds.append(second)
+        diffs.append(c)
+        start += b
+    a, b = perm[0:n - 1:2], perm[1:n - 1:2]
+    assert np.array_equal(np.concatenate(firsts), a) and np.array_equal(np.concatenate(seconds), b)
+    assert np.concatenate(diffs).tobytes() == (G[a] - G[b]).tobytes()
+    assert list(order.next_epoch()[0]) == list(a) + [perm[-1]] + list(b[::-1])
 
 
 @pytest.mark.parametrize("M, n, B", [(3, 12, 4), (4, 10, 2), (2, 9, 4), (5, 16, 16)])

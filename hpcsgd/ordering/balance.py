@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hpcsgd.kernels.balance import cd_grab_signs, grab_balance, pair_signs, place_pairs
+from hpcsgd.kernels.balance import cd_grab_signs, grab_balance, pair_row_signs, pair_signs, place_pairs
 from hpcsgd.ordering.base import Ordering
 
 
@@ -166,17 +166,33 @@ class _Pairs(_Balancing):
                 self.pending_id[i], self.pending_grad[i] = -1, None
         super()._finish_epoch()
 
-    def _pairs(self, i: int, grads: np.ndarray):
-        """Pair ids (first, second) and differences g_first - g_second for worker i."""
+    def _pair_rows(self, i: int, grads: np.ndarray):
+        """Visit a batch for worker i: pair ids (first, second) and the pairs' gradient
+        rows as ``lead`` then ``rest``, [2, d] and [2m, d], pairing rows 2r and 2r + 1.
+        ``lead`` holds the example pending from the previous step and grads[0] (None if
+        none was pending); ``rest`` is a view of the batch, so only ``lead`` is copied."""
         ids = self._visit(i, grads.shape[0])
-        if self.pending_id[i] >= 0:
+        held = self.pending_grad[i] if self.pending_id[i] >= 0 else None
+        if held is not None:
             ids = np.concatenate(([self.pending_id[i]], ids))
-            grads = np.concatenate((self.pending_grad[i][None, :], grads))
-            self.pending_id[i], self.pending_grad[i] = -1, None
+        self.pending_id[i], self.pending_grad[i] = -1, None
         q = ids.size // 2
         if ids.size % 2:
-            self.pending_id[i], self.pending_grad[i] = int(ids[-1]), grads[-1].copy()
-        return ids[0:2 * q:2], ids[1:2 * q:2], grads[0:2 * q:2] - grads[1:2 * q:2]
+            # a copy: the caller may reuse the batch's buffer before the next step
+            self.pending_id[i] = int(ids[-1])
+            self.pending_grad[i] = grads[-1].copy() if grads.shape[0] else held
+        first, second = ids[0:2 * q:2], ids[1:2 * q:2]
+        if held is None or q == 0:
+            return first, second, None, grads[0:2 * q]
+        return first, second, np.stack((held, grads[0])), grads[1:2 * q - 1]
+
+    def _pairs(self, i: int, grads: np.ndarray):
+        """Pair ids (first, second) and differences g_first - g_second for worker i."""
+        first, second, lead, rest = self._pair_rows(i, grads)
+        diffs = rest[0::2] - rest[1::2]
+        if lead is not None:
+            diffs = np.concatenate((lead[0:1] - lead[1:2], diffs))
+        return first, second, diffs
 
     def pair_ids(self, i: int, count: int):
         """Visit ``count`` examples given only as pair differences (no odd leftovers)."""
@@ -184,6 +200,10 @@ class _Pairs(_Balancing):
             raise ValueError("step_pairs() needs whole pairs; use step() for odd counts")
         ids = self._visit(i, count)
         return ids[0::2], ids[1::2]
+
+    def _place(self, i, first, second, eps):
+        self.left[i], self.right[i] = place_pairs(self.next[i], first, second, eps,
+                                                  self.left[i], self.right[i])
 
     def _worker_state(self, i):
         state = {"pending_id": self.pending_id[i]}
@@ -221,26 +241,28 @@ class PairBalance(_Pairs):
         rows = _per_worker(grads, len(self.sizes))
         self._set_dim(rows[0].shape[1])
         for i, g in enumerate(rows):
-            first, second, diffs = self._pairs(i, g)
-            self._balance(i, first, second, diffs)
+            # signs straight from the gradient rows: materialising the B/2 differences
+            # first would write and re-read B/2 x d floats (out of cache at large d)
+            first, second, lead, rest = self._pair_rows(i, g)
+            eps = np.empty(first.size, dtype=np.int8)
+            if lead is not None:
+                pair_row_signs(self.s[i], lead, eps[:1])
+            pair_row_signs(self.s[i], rest, eps[first.size - rest.shape[0] // 2:])
+            self._place(i, first, second, eps)
 
     def step_pairs(self, diffs) -> None:
         rows = _per_worker(diffs, len(self.sizes))
         self._set_dim(rows[0].shape[1])
         for i, c in enumerate(rows):
             first, second = self.pair_ids(i, 2 * c.shape[0])
-            self._balance(i, first, second, c)
+            eps = np.empty(first.size, dtype=np.int8)
+            pair_signs(self.s[i], c, eps)
+            self._place(i, first, second, eps)
 
     def _set_dim(self, d):
         if not self.dim:
             self.dim = d
             self._reset_sums()
-
-    def _balance(self, i, first, second, diffs):
-        eps = np.empty(first.size, dtype=np.int8)
-        pair_signs(self.s[i], np.ascontiguousarray(diffs), eps)
-        self.left[i], self.right[i] = place_pairs(self.next[i], first, second, eps,
-                                                  self.left[i], self.right[i])
 
     def _sum_state(self, i):
         return {"s": self.s[i].copy()} if self.dim else {}
@@ -323,10 +345,6 @@ class CDGraB(_Pairs):
     def place(self, i: int, first: np.ndarray, second: np.ndarray, eps: np.ndarray) -> None:
         """Worker side in the engine: place a batch's pairs by the master's signs."""
         self._place(i, first, second, eps)
-
-    def _place(self, i, first, second, eps):
-        self.left[i], self.right[i] = place_pairs(self.next[i], first, second, eps,
-                                                  self.left[i], self.right[i])
 
     def state_dict(self):
         state = super().state_dict()
