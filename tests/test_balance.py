@@ -109,21 +109,12 @@ def ref_cd_grab(perms0, Z, epochs, B):
 
 def run(order, Z, epochs, B):
     """Drive an ordering with fixed per-epoch gradients Z[e][j][i]; its orders per epoch."""
-    out = []
-    for e in range(epochs + 1):
-        perms = order.next_epoch()
-        out.append([list(p) for p in perms])
-        if e == epochs:
-            break
-        n = perms[0].size
-        for start in range(0, n, B):
-            order.step([Z[e][j][p[start:start + B]] for j, p in enumerate(perms)])
-    return out
+    return run_batches(order, Z, epochs, [B])
 
 
 def run_batches(order, Z, epochs, sizes):
     """``run`` with batch sizes cycling through ``sizes``, which may be odd (an example
-    then waits for the next step) or 0."""
+    then waits for the next step) or 0; the last batch of an epoch may be shorter."""
     out = []
     for e in range(epochs + 1):
         perms = order.next_epoch()
