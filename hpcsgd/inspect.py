@@ -285,9 +285,17 @@ def _fmt(x: Any, digits: int = 5) -> str:
     return str(x)
 
 
+# The [method] keys each update rule reads (the rest of the table holds defaults it
+# ignores); momentum is shown whenever it is on, for every rule.
+_METHOD_KEYS = {"fastest_k": ("lr", "k"), "async": ("lr", "assign"), "gsgm": ("lr", "schedule", "average"),
+                "piag": ("stepsize", "absorb"), "async_bcd": ("stepsize", "blocks")}
+
+
 def _config_line(config: dict) -> str:
+    method = (config.get("method") if isinstance(config, dict) else None) or {}
+    keys = _METHOD_KEYS.get(method.get("kind"), ("lr",)) + (("momentum",) if method.get("momentum") else ())
     picks = [("data", "source"), ("data", "partition"), ("model", "kind"), ("method", "kind"),
-             ("method", "lr"), ("method", "k"), ("method", "assign"), ("method", "stepsize"),
+             *(("method", key) for key in keys),
              ("order", "kind"), ("order", "batch"), ("stragglers", "model"), ("run", "seed")]
     parts = []
     for table, key in picks:

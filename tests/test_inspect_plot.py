@@ -281,3 +281,13 @@ def test_stability_is_the_std_over_the_last_k_distinct_evaluations():
     s = stability(ramp, last=10)
     assert s["test_accuracy_std"] > 0.01 and s["test_accuracy_detrended_std"] < 1e-12
     assert s["test_loss_detrended_std"] < 1e-12
+
+
+def test_config_line_shows_the_keys_the_method_reads():
+    _config_line = hin._config_line
+    unused = {"lr": 0.1, "k": 3, "assign": "random", "stepsize": "fixed", "absorb": 2, "momentum": 0.0}
+    piag = _config_line({"method": {**unused, "kind": "piag"}})
+    assert piag == "method.kind=piag method.stepsize=fixed method.absorb=2"
+    fastest = _config_line({"method": {**unused, "kind": "fastest_k", "momentum": 0.9}})
+    assert fastest == "method.kind=fastest_k method.lr=0.1 method.k=3 method.momentum=0.9"
+    assert _config_line({"method": {**unused, "kind": "sync"}}) == "method.kind=sync method.lr=0.1"
