@@ -37,6 +37,7 @@ class Table:
         return self.stored + len(self.rows)
 
     def add_column(self, name: str, dtype) -> None:
+        """Methods may trace extra columns (e.g. a stage number); earlier rows get 0."""
         if name not in self.dtypes:
             self._store()
             self.dtypes[name] = dtype

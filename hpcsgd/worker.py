@@ -39,7 +39,6 @@ class Worker:
         batch = cfg["order"]["batch"]
         self.inbox = np.empty(C.JOB_HEADER + max(d, batch))  # a job, or up to B/2 signs
         self.result = np.empty(C.result_length(d, cfg["order"]))
-        self.header = [0.0] * C.RESULT_HEADER
         self.grads = np.empty((batch, d)) if self.per_example else None
         # CD-GraB pairs waiting for the master's signs, oldest first (signs may come one
         # job late: the master computes them while this worker runs the next step)
@@ -123,7 +122,7 @@ class Worker:
     def _reply(self, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
                abandoned, n_pairs) -> None:
         out = self.result
-        h = self.header  # filled as a list and copied in once (NumPy scalar writes are slow)
+        h = [0.0] * C.RESULT_HEADER  # filled as a list, copied in once (NumPy scalar writes are slow)
         h[C.R_VERSION], h[C.R_BATCH], h[C.R_SAMPLES] = version, batch, samples
         h[C.R_DURATION], h[C.R_DELAY_COMM] = delay_comm + delay_compute, delay_comm
         h[C.R_COMPUTE_S], h[C.R_LOSS_SUM] = compute, loss_sum
