@@ -24,10 +24,29 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hpcsgd", description="Distributed SGD methods on one MPI engine.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    pr = sub.add_parser("prepare", help="write a prepared data set into data/")
+    prepare_notes = (
+        "libsvm:PATH reads a LIBSVM text file: LABEL INDEX:VALUE ..., indices from 1 and\n"
+        "ascending, '#' starts a comment, CRLF line ends are fine, qid: tokens are refused.\n"
+        "  labels    integers with at most 100 distinct values make a classification set:\n"
+        "            the values are sorted and renumbered 0..C-1 (-1/+1 -> 0/1, 1/2/3 ->\n"
+        "            0/1/2; the originals are kept in the file's 'classes' attribute); any\n"
+        "            non-integer label makes a regression set with the values as given.\n"
+        "  features  stored as given: not standardised or scaled; dense float64 with one\n"
+        "            column per index up to the largest one (see --max-dense-gib; sparse\n"
+        "            storage is not supported yet).\n"
+        "  order     file order is kept: each split lists its rows in file order.\n"
+        "Every set: the train/test split is random from --seed, round(F * rows) test rows\n"
+        "for --test-fraction F (at least 1 when F > 0), stratified by class for\n"
+        "classification so both splits keep the class shares. The file's content_hash\n"
+        "attribute identifies its contents: another --seed gives another split and hash.\n"
+    )
+    pr = sub.add_parser("prepare", help="write a prepared data set into data/",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Write one HDF5 data set file (default data/NAME.h5; libsvm:PATH "
+                                    "-> data/STEM.h5).", epilog=prepare_notes)
     pr.add_argument("name", help="digits, breast_cancer, mnist5k, synth_lsq, synth_hetlogistic, libsvm:PATH")
     pr.add_argument("--out", help="output file (default data/NAME.h5)")
-    pr.add_argument("--data-dir", default="data")
+    pr.add_argument("--data-dir", default="data", help="directory for the default output file (default data)")
     pr.add_argument("--n", type=int, help="synthetic sets: number of rows")
     pr.add_argument("--d", type=int, help="synthetic sets: number of features")
     pr.add_argument("--noise", type=float, help="synth_lsq: noise standard deviation")
@@ -35,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=0, help="generation and train/test split seed")
     pr.add_argument("--one-vs-rest", type=float, metavar="CLASS",
                     help="classification sets: the binary task CLASS against the rest (named NAME_ovrCLASS)")
+    pr.add_argument("--test-fraction", type=float, metavar="F",
+                    help="share of rows held out as the test split, 0 <= F < 1 (default 0.2; 0 = no test split)")
+    pr.add_argument("--max-dense-gib", type=float, metavar="G",
+                    help="refuse a set whose dense float64 features (train + test) exceed G GiB (default 1)")
 
     for name, target, what in (("train", "config", "TOML configuration file"),
                                ("resume", "path", "run directory or checkpoint file")):
@@ -62,7 +85,9 @@ def _serial(args) -> int:
         from hpcsgd.data import prepare
         from pathlib import Path
         path = prepare(args.name, args.out, n=args.n, d=args.d, noise=args.noise, groups=args.groups,
-                       seed=args.seed, data_dir=Path(args.data_dir), one_vs_rest=args.one_vs_rest)
+                       seed=args.seed, data_dir=Path(args.data_dir), one_vs_rest=args.one_vs_rest,
+                       **{k: getattr(args, k) for k in ("test_fraction", "max_dense_gib")
+                          if getattr(args, k) is not None})
         print(f"wrote {path}")
         return 0
     if args.command == "inspect":

@@ -531,3 +531,338 @@ def test_one_vs_rest_makes_a_binary_task(tmp_path):
         prepare("digits", data_dir=tmp_path, one_vs_rest=12)
     with pytest.raises(UserError, match=r"not a class of this set \(classes: none"):
         prepare("synth_lsq", data_dir=tmp_path, n=50, d=3, one_vs_rest=1)
+
+
+# ------------------------------------------------------------- test fraction
+
+
+def _svm(path: Path, text: str) -> Path:
+    path.write_bytes(text.encode())
+    return path
+
+
+def _balanced_svm(tmp_path: Path, n: int = 40) -> Path:
+    """n rows, labels -1/+1 alternating, row i has feature 1 = i + 1 (identifies the row)."""
+    lines = [f"{1 if i % 2 else -1} 1:{i + 1} {2 + i % 3}:0.5" for i in range(n)]
+    return _svm(tmp_path / "bal.svm", "\n".join(lines) + "\n")
+
+
+def test_test_fraction_sets_the_test_size_and_keeps_strata(tmp_path):
+    src = _balanced_svm(tmp_path)
+    info = open_dataset(str(prepare(f"libsvm:{src}", tmp_path / "a.h5", test_fraction=0.5)))
+    assert (info.n_train, info.n_test) == (20, 20)
+    _, yt = _full(info, "test")
+    np.testing.assert_array_equal(np.bincount(yt.astype(int)), [10, 10])  # stratified
+    with h5py.File(info.path) as f:
+        assert float(f.attrs["test_fraction"]) == 0.5
+    info = open_dataset(str(prepare("synth_lsq", tmp_path / "b.h5", n=200, d=3, test_fraction=0.3)))
+    assert (info.n_train, info.n_test) == (140, 60)
+    info = open_dataset(str(prepare("digits", tmp_path / "c.h5", test_fraction=0.1)))
+    assert info.n_test == round(0.1 * 1797)
+    # tiny fractions still hold out one row; the default stays 0.2
+    assert open_dataset(str(prepare(f"libsvm:{src}", tmp_path / "d.h5", test_fraction=1e-6))).n_test == 1
+    assert open_dataset(str(prepare(f"libsvm:{src}", tmp_path / "e.h5"))).n_test == 8
+
+
+def test_test_fraction_zero_gives_an_empty_test_split(tmp_path):
+    src = _balanced_svm(tmp_path)
+    info = open_dataset(str(prepare(f"libsvm:{src}", tmp_path / "z.h5", test_fraction=0)))
+    assert (info.n_train, info.n_test, info.n_features) == (40, 0, 4)
+    X, y = _full(info, "train")
+    np.testing.assert_array_equal(X[:, 0], np.arange(1, 41))  # every row, in file order
+    np.testing.assert_array_equal(y, np.arange(40) % 2)
+    Xt, yt = read_rows(info, "test", np.array([], dtype=np.int64))
+    assert Xt.shape == (0, 4) and yt.shape == (0,)
+    assert read_labels(info, "test").shape == (0,)
+    with h5py.File(info.path) as f:
+        assert f["test/X"].shape == (0, 4) and f["test/y"].shape == (0,)
+
+
+@pytest.mark.parametrize("bad", [1, 1.0, 1.5, -0.1, float("nan"), float("inf"), "0.2", True, None])
+def test_test_fraction_out_of_range_is_refused(tmp_path, bad):
+    with pytest.raises(UserError, match=r"--test-fraction must be a number in \[0, 1\)") as exc:
+        prepare("synth_lsq", tmp_path / "x.h5", n=20, d=2, test_fraction=bad)
+    assert "\n" not in str(exc.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_prepare_test_fraction_and_help(tmp_path, capsys):
+    from hpcsgd.cli import main
+
+    src = _balanced_svm(tmp_path)
+    out = tmp_path / "cli.h5"
+    assert main(["prepare", f"libsvm:{src}", "--out", str(out), "--test-fraction", "0.25"]) == 0
+    assert open_dataset(str(out)).n_test == 10
+    capsys.readouterr()
+    assert main(["prepare", f"libsvm:{src}", "--out", str(out), "--test-fraction", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--test-fraction" in err and "[0, 1)" in err
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for needle in ("--test-fraction", "--max-dense-gib", "renumbered 0..C-1", "-1/+1 -> 0/1",
+                   "not standardised", "file order is kept", "stratified by class", "--seed",
+                   "sparse storage is not supported"):
+        assert needle in text, needle
+
+
+# --------------------------------------------------------------- dense limit
+
+
+def _wide_svm(tmp_path: Path, rows: int, max_index: int) -> Path:
+    lines = [f"{1 if i % 2 else -1} 1:{i + 1} {2 + i % 5}:0.25" for i in range(rows - 1)]
+    lines.append(f"1 3:1.5 {max_index}:2.0")
+    return _svm(tmp_path / f"wide{max_index}.svm", "\n".join(lines) + "\n")
+
+
+def test_huge_feature_index_is_refused_before_allocating(tmp_path):
+    import tracemalloc
+
+    src = _wide_svm(tmp_path, 21, 10**7)
+    tracemalloc.start()
+    try:
+        with pytest.raises(UserError) as exc:
+            prepare(f"libsvm:{src}", tmp_path / "w.h5")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    msg = str(exc.value)
+    assert "\n" not in msg and str(src) in msg
+    assert "21 rows x 10000000 features (the largest feature index) x 8 bytes = 1.56 GiB" in msg
+    assert "--max-dense-gib 1" in msg and "sparse storage is not supported" in msg
+    assert peak < 32 * 2**20  # the dense matrix would be 1.68e9 bytes
+    assert not list(tmp_path.glob("w.h5*"))
+
+
+def test_max_dense_gib_moves_the_limit(tmp_path):
+    src = _wide_svm(tmp_path, 21, 10**5)  # 21 x 1e5 x 8 = 16.8 MB = 0.0156 GiB
+    with pytest.raises(UserError, match=r"= 0\.0156 GiB, above --max-dense-gib 0\.01;"):
+        prepare(f"libsvm:{src}", tmp_path / "w.h5", max_dense_gib=0.01)
+    info = open_dataset(str(prepare(f"libsvm:{src}", tmp_path / "w.h5", max_dense_gib=0.02)))
+    assert info.n_features == 10**5 and info.n_train + info.n_test == 21
+    X = np.concatenate([_full(info, "train")[0], _full(info, "test")[0]])
+    last = X[X[:, 0] == 0]  # the only row without feature 1
+    assert last.shape == (1, 10**5) and last[0, 2] == 1.5 and last[0, -1] == 2.0
+    assert np.count_nonzero(last) == 2
+    # synthetic sets are refused before they are generated
+    with pytest.raises(UserError, match=r"1000000 rows x 1000 features x 8 bytes = 7\.45 GiB"):
+        prepare("synth_lsq", tmp_path / "big.h5", n=10**6, d=1000)
+    for bad in (0, -1.0, float("nan"), "2"):
+        with pytest.raises(UserError, match=r"--max-dense-gib must be a number > 0"):
+            prepare(f"libsvm:{src}", tmp_path / "w.h5", max_dense_gib=bad)
+
+
+def test_libsvm_is_densified_slab_by_slab(tmp_path, monkeypatch):
+    import tracemalloc
+
+    import hpcsgd.data.dataset as ds
+
+    rows, p = 400, 10_000  # dense: 32 MB
+    rng = np.random.default_rng(4)
+    cols = [np.sort(rng.choice(p, 3, replace=False)) for _ in range(rows)]
+    vals = rng.standard_normal((rows, 3)).round(3)
+    lines = [f"{i % 3} " + " ".join(f"{c + 1}:{v}" for c, v in zip(cs, vs)) + f" {p}:1"
+             for i, (cs, vs) in enumerate(zip(cols, vals))]
+    src = _svm(tmp_path / "sparse.svm", "\n".join(lines) + "\n")
+    dense = np.zeros((rows, p))
+    for i, (cs, vs) in enumerate(zip(cols, vals)):
+        dense[i, cs] = vs
+    dense[:, -1] = 1.0
+    monkeypatch.setattr(ds, "_BLOCK_ELEMS", 1 << 16)  # slabs of 6 rows
+    tracemalloc.start()
+    try:
+        out = prepare(f"libsvm:{src}", tmp_path / "s.h5", test_fraction=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["train/X"][...], dense)
+        np.testing.assert_array_equal(f["train/y"][...], np.arange(rows) % 3)
+
+
+# ------------------------------------------------------------ messages, LIBSVM
+
+
+_GOOD_TAIL = "-1 1:2\n1 1:1\n-1 2:1\n"
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("", r"the file has no examples"),
+    ("# only\n# comments\n\n   \n", r"the file has no examples"),
+    ("1\n-1\n1\n", r"no feature values"),
+    ("1 0:1 2:3\n" + _GOOD_TAIL, r"line 1: feature index 0; LIBSVM feature indices start at 1"),
+    ("-1 1:2\n1 -3:1\n" + _GOOD_TAIL, r"line 2: feature index -3; LIBSVM feature indices start at 1"),
+    ("1 1.5:1\n" + _GOOD_TAIL, r"line 1: feature index '1.5' is not an integer"),
+    ("1 x:1\n" + _GOOD_TAIL, r"line 1: feature index 'x' is not an integer"),
+    ("1 99999999999:1\n" + _GOOD_TAIL, r"line 1: feature index 99999999999 is above 2147483647"),
+    ("# header\n1 2:1 2:3\n" + _GOOD_TAIL, r"line 2: feature index 2 appears twice"),
+    ("1 3:1 2:3\n" + _GOOD_TAIL, r"line 1: feature indices must be ascending \(2 after 3\)"),
+    ("-1 1:2\n1:2 2:3\n" + _GOOD_TAIL, r"line 2: starts with '1:2', not a label.*label is missing"),
+    ("abc 1:2\n" + _GOOD_TAIL, r"line 1: label 'abc' is not a number"),
+    ("1,2 1:2\n" + _GOOD_TAIL, r"line 1: label '1,2' has several labels"),
+    ("1 1:abc\n" + _GOOD_TAIL, r"line 1: value 'abc' of feature 1 is not a number"),
+    ("1 1:\n" + _GOOD_TAIL, r"line 1: value '' of feature 1 is not a number"),
+    ("1 1:2 7\n" + _GOOD_TAIL, r"line 1: '7' is not INDEX:VALUE"),
+    (_GOOD_TAIL + "1 1:nan\n", r"line 4: feature 1 has the non-finite value 'nan'"),
+    (_GOOD_TAIL + "1 1:1 2:-inf\n", r"line 4: feature 2 has the non-finite value '-inf'"),
+    ("nan 1:1\n" + _GOOD_TAIL, r"line 1: label 'nan' is non-finite"),
+    ("1 qid:3 1:1\n" + _GOOD_TAIL, r"line 1: 'qid:3': qid tokens .* not supported"),
+    ("1 1:1\r-1 1:2\r1 2:1\r", r"line 1: a carriage return inside the line"),
+    ("\x00\x01\x02 1:1\n" + _GOOD_TAIL, r"line 1: NUL bytes: not a text file"),
+    ("1 1:1\n1 2:1\n", r"all labels are 1; classification needs at least 2"),
+])
+def test_libsvm_junk_gives_one_clear_line(tmp_path, capsys, text, needle):
+    from hpcsgd.cli import main
+
+    src = _svm(tmp_path / "junk.svm", text)
+    with pytest.raises(UserError, match=needle) as exc:
+        prepare(f"libsvm:{src}", tmp_path / "j.h5")
+    assert "\n" not in str(exc.value) and str(exc.value).startswith(f"prepare libsvm:{src}: ")
+    assert main(["prepare", f"libsvm:{src}", "--out", str(tmp_path / "j.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "j.h5").exists()
+
+
+@pytest.mark.parametrize("text", [
+    "1 1:0.5 3:2\r\n-1 2:1\r\n1 1:1.5\r\n-1 3:-1\r\n",      # CRLF
+    "1 1:0.5 3:2   \n-1 2:1\t\n1 1:1.5 \n-1 3:-1  \n",       # trailing spaces / tabs
+    "1\t1:0.5  3:2\n -1 2:1\n1 1:1.5 # note\n-1 3:-1\n",    # tabs, indent, comment
+])
+def test_libsvm_whitespace_variants_read_the_same_rows(tmp_path, text):
+    src = _svm(tmp_path / "ws.svm", text)
+    info = open_dataset(str(prepare(f"libsvm:{src}", tmp_path / "ws.h5", test_fraction=0)))
+    X, y = _full(info, "train")
+    np.testing.assert_array_equal(X, [[0.5, 0, 2], [0, 1, 0], [1.5, 0, 0], [0, 0, -1]])
+    np.testing.assert_array_equal(y, [1, 0, 1, 0])
+
+
+def test_prepare_messages_name_the_option(tmp_path):
+    cases = [
+        (dict(name="synth_lsq", n=1), r"prepare synth_lsq: --n must be an integer >= 2"),
+        (dict(name="synth_lsq", d=0), r"--d must be an integer >= 1"),
+        (dict(name="synth_hetlogistic", n=4, groups=5), r"--groups \(5\) must be <= --n \(4\)"),
+        (dict(name="synth_lsq", seed=-1), r"--seed must be an integer >= 0"),
+        (dict(name="synth_lsq", seed=2**64), r"--seed must be an integer >= 0 \(and < 2\^63\)"),
+        (dict(name="digits", groups=3), r"option\(s\) --groups not used by this data set"),
+        (dict(name="digits", one_vs_rest=12.0), r"--one-vs-rest 12 is not a class"),
+        (dict(name="digits", one_vs_rest="x"), r"--one-vs-rest 'x' is not a class"),
+        (dict(name="libsvm"), r"'libsvm:' needs a file path"),
+        (dict(name="libsvm:"), r"'libsvm:' needs a file path"),
+        (dict(name=f"libsvm:{tmp_path}"), r"is a directory; give the LIBSVM file itself"),
+    ]
+    for kwargs, needle in cases:
+        with pytest.raises(UserError, match=needle) as exc:
+            prepare(out=tmp_path / "x.h5", **kwargs)
+        assert "\n" not in str(exc.value)
+
+
+def test_prepare_output_problems(tmp_path):
+    src = _balanced_svm(tmp_path)
+    before = src.read_bytes()
+    with pytest.raises(UserError, match=r"--out .*bal\.svm is the input LIBSVM file"):
+        prepare(f"libsvm:{src}", src)
+    assert src.read_bytes() == before
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match=r"prepare: cannot create the directory .*afile"):
+        prepare(f"libsvm:{src}", tmp_path / "afile" / "x.h5")
+    with pytest.raises(UserError, match=r"prepare: cannot create the directory .*afile"):
+        prepare(f"libsvm:{src}", data_dir=tmp_path / "afile" / "data")
+
+
+def test_integral_labels_print_as_integers(tmp_path):
+    X, y = _good_arrays()
+    y[4] = 3.0
+    info = open_dataset(str(_write_h5(tmp_path / "lab.h5", X, y)))
+    with pytest.raises(UserError, match=r"row 4 has label 3; allowed: integers 0\.\.2"):
+        read_labels(info, "train")
+    y[4] = 2.5
+    info = open_dataset(str(_write_h5(tmp_path / "frac.h5", X, y)))
+    with pytest.raises(UserError, match=r"row 4 has label 2\.5; allowed"):
+        read_rows(info, "train", np.arange(10))
+    one = _svm(tmp_path / "one.svm", "1000000 1:1\n1000000 1:2\n")
+    with pytest.raises(UserError, match=r"all labels are 1000000;"):
+        prepare(f"libsvm:{one}", tmp_path / "o.h5")
+
+
+def test_directory_as_data_source_says_so(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "data" / "odd.h5").mkdir(parents=True)
+    for source in (str(tmp_path), str(tmp_path / "runs") + "/", str(tmp_path / "data" / "odd.h5")):
+        with pytest.raises(UserError, match=r"^data\.source: .* is a directory, not a data set file"):
+            open_dataset(source)
+    with pytest.raises(UserError, match=r"^data\.source: .*odd\.h5 is a directory"):
+        open_dataset("odd", data_dir=tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"^data\.source: runs is a directory, not a data set file"):
+        open_dataset("runs", data_dir=tmp_path / "data")
+    with pytest.raises(UserError, match=r"mnist5k\.h5 not found; run: hpcsgd prepare mnist5k"):
+        open_dataset("mnist5k", data_dir=tmp_path / "data")
+
+
+# ---------------------------------------------------------- partition limits
+
+
+@pytest.mark.parametrize("scheme", PARTITIONS)
+def test_every_partition_gives_each_worker_a_row_or_says_why(scheme):
+    for n in range(1, 13):
+        y = (np.arange(n) % 3).astype(float)
+        for M in range(1, 9):
+            for alpha in ((1e-9, 0.5, 1e9) if scheme == "dirichlet" else (0.5,)):
+                try:
+                    parts = partition(y, M, scheme, seed=n * M, alpha=alpha)
+                except UserError as exc:
+                    msg = str(exc)
+                    assert msg.startswith(f"data.partition = {scheme!r}") and "\n" not in msg
+                    assert f"{n} training rows" in msg and f"{M} workers" in msg
+                    assert scheme != "replicate"
+                    assert n < (2 * M if scheme == "shards" else M)
+                    continue
+                assert n >= (2 * M if scheme == "shards" else 1)
+                assert len(parts) == M and all(len(p) >= 1 and p.dtype == np.int64 for p in parts)
+                if scheme == "replicate":
+                    assert all(np.array_equal(p, np.arange(n)) for p in parts)
+                else:
+                    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(n))
+
+
+@pytest.mark.parametrize("alpha", [1e-300, 1e-9, 1e9, 1e300])
+def test_dirichlet_extreme_alpha(alpha):
+    import warnings
+
+    y = _labels(600, C=5)
+    with warnings.catch_warnings(), np.errstate(all="raise"):
+        warnings.simplefilter("error")
+        parts = partition(y, 7, "dirichlet", seed=3, alpha=alpha)
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(600))
+    sizes = np.array([len(p) for p in parts])
+    assert sizes.min() >= 1
+    if alpha > 1:  # equal shares per class, up to rounding
+        assert sizes.max() - sizes.min() <= 5
+    else:  # each class on one worker; the others get one row each
+        for p in parts:
+            if len(p) > 1:
+                assert len(np.unique(y[p])) <= 5
+
+
+@pytest.mark.parametrize("alpha,balanced", [(1e-9, False), (1e9, True)])
+def test_dirichlet_underflowing_draw_falls_back_to_its_limit(monkeypatch, alpha, balanced):
+    import importlib
+
+    part = importlib.import_module("hpcsgd.data.partition")  # the package attribute is the function
+
+    class NaNDirichlet(np.random.Generator):  # what older NumPy returns for tiny alpha
+        def dirichlet(self, a, size=None):
+            return np.full(len(a), np.nan)
+
+    monkeypatch.setattr(part, "_rng", lambda seed: NaNDirichlet(np.random.PCG64(seed)))
+    y = _labels(700, C=7)
+    parts = partition(y, 7, "dirichlet", seed=0, alpha=alpha)
+    np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(700))
+    sizes = np.array([len(p) for p in parts])
+    counts = np.bincount(y.astype(int), minlength=7)
+    if balanced:
+        assert sizes.max() - sizes.min() <= 7
+    else:
+        assert sizes.min() >= 1 and sizes.max() >= counts.min()

@@ -4,10 +4,27 @@ The file layout is written by :mod:`hpcsgd.data.prepare` (see its docstring).
 Only plain numeric datasets and attributes are read (no pickle, no object dtype),
 so opening a data set cannot run code. Every problem with a file is a
 :class:`~hpcsgd.errors.UserError` naming the file.
+
+Data-set identity (:func:`dataset_fingerprint`): the hex sha256 of the file's
+contents in this canonical form, fed to the hash in this order::
+
+    b"hpcsgd-dataset-content/1\n"
+    b"task=<task>\nn_classes=<n_classes>\n"
+    for key in train/X, train/y, test/X, test/y:
+        b"<key> <dtype> <shape>\n"     e.g. b"train/X <f8 160,5\n" (dtype as the
+                                       little-endian NumPy string, shape comma-joined)
+        the array's bytes, C order, little-endian
+
+Names, attributes other than task/n_classes, /meta and the creation time are not
+part of it, so the same command twice gives the same fingerprint and another split
+(``--seed``, ``--test-fraction``) or any changed value gives another one.
+``hpcsgd prepare`` stores it as the root attribute ``content_hash``; files without
+that attribute (made by hand) get it computed from the file, slab by slab.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +41,8 @@ SPLITS = ("train", "test")
 _H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 # rows are read in slabs of at most this many float64 elements (64 MiB)
 _BLOCK_ELEMS = 1 << 23
+CONTENT_KEYS = ("train/X", "train/y", "test/X", "test/y")
+_CONTENT_HEADER = b"hpcsgd-dataset-content/1\n"
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,55 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
+def format_label(value) -> str:
+    """A label or class value for messages: ``3`` (not ``3.0``) when integral, else repr."""
+    v = float(value)
+    if v.is_integer():
+        return str(int(v))
+    return repr(v)
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message for a one-line error: its first line, or its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _rows_per_slab(row_elems: int) -> int:
+    return max(1, _BLOCK_ELEMS // max(int(row_elems), 1))
+
+
+def row_slabs(n_rows: int, row_elems: int):
+    """``(lo, hi)`` row ranges of the slabs a [n_rows, row_elems] array is read or written in."""
+    step = _rows_per_slab(row_elems)
+    for lo in range(0, int(n_rows), step):
+        yield lo, min(lo + step, int(n_rows))
+
+
+class ContentHash:
+    """The canonical content hash (module doc), fed one dataset at a time, slab by slab."""
+
+    def __init__(self, task: str, n_classes: int):
+        self._sha = hashlib.sha256(_CONTENT_HEADER)
+        self._sha.update(f"task={task}\nn_classes={int(n_classes)}\n".encode())
+        self._next_key = 0
+
+    def begin(self, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        if key != CONTENT_KEYS[self._next_key]:
+            raise ValueError(f"content hash expects {CONTENT_KEYS[self._next_key]} next, got {key}")
+        self._next_key += 1
+        self._dtype = np.dtype(dtype).newbyteorder("<")
+        self._sha.update(f"{key} {self._dtype.str} {','.join(map(str, shape))}\n".encode())
+
+    def update(self, block: np.ndarray) -> None:
+        self._sha.update(np.ascontiguousarray(block, dtype=self._dtype).data)
+
+    def hexdigest(self) -> str:
+        if self._next_key != len(CONTENT_KEYS):
+            raise ValueError("content hash: not every dataset was fed")
+        return self._sha.hexdigest()
+
+
 def _attr_str(value) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
@@ -66,14 +134,20 @@ def resolve_source(source: str, data_dir: Path = Path("data")) -> Path:
     is_path = source.lower().endswith(_H5_SUFFIXES) or "/" in source or os.sep in source
     if is_path:
         path = Path(source).expanduser()
+        _refuse_directory(path)
         if not path.is_file():
             raise UserError(f"data.source: {path} not found; create it with: "
                             f"hpcsgd prepare NAME --out {path}")
         return path
     path = Path(data_dir) / f"{source}.h5"
     if not path.is_file():
+        _refuse_directory(path)
         from hpcsgd.data.prepare import PREPARED_NAMES
 
+        if Path(source).is_dir() and source not in PREPARED_NAMES:
+            raise UserError(f"data.source: {source} is a directory, not a data set file (and "
+                            f"{path} does not exist); give a prepared set name (e.g. mnist5k) or "
+                            "the path of an .h5 file")
         if source in PREPARED_NAMES:
             hint = f"run: hpcsgd prepare {source}"
         else:
@@ -83,12 +157,17 @@ def resolve_source(source: str, data_dir: Path = Path("data")) -> Path:
     return path
 
 
+def _refuse_directory(path: Path) -> None:
+    if path.is_dir():
+        raise UserError(f"data.source: {path} is a directory, not a data set file; give a "
+                        "prepared set name (e.g. mnist5k) or the path of an .h5 file")
+
+
 def _open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r")
     except (OSError, ValueError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"data.source: {path} is not a readable HDF5 file ({msg}); "
+        raise UserError(f"data.source: {path} is not a readable HDF5 file ({first_line(exc)}); "
                         "re-create it with hpcsgd prepare") from exc
 
 
@@ -157,8 +236,7 @@ def open_dataset(source: str, data_dir: Path = Path("data")) -> DatasetInfo:
     except UserError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"data.source: {path} is corrupt or truncated ({msg}); "
+        raise UserError(f"data.source: {path} is corrupt or truncated ({first_line(exc)}); "
                         "re-create it with hpcsgd prepare") from exc
     return DatasetInfo(path=path, name=name, task=task, n_classes=n_classes,
                        n_features=int(shapes["train"][1]), n_train=int(shapes["train"][0]),
@@ -171,8 +249,7 @@ def _read_sorted(dset: h5py.Dataset, uniq: np.ndarray) -> np.ndarray:
     Dense runs are read as one slice (fast, bounded memory); sparse runs use h5py's
     increasing-index selection so a few rows of a large file are read alone.
     """
-    row_elems = int(np.prod(dset.shape[1:], dtype=np.int64)) if dset.ndim > 1 else 1
-    block = max(1, _BLOCK_ELEMS // max(row_elems, 1))
+    block = _rows_per_slab(int(np.prod(dset.shape[1:], dtype=np.int64)))
     out = np.empty((len(uniq),) + tuple(dset.shape[1:]), dtype=np.float64)
     pos = 0
     while pos < len(uniq):
@@ -201,7 +278,7 @@ def _check_labels(info: DatasetInfo, split: str, y: np.ndarray, file_rows: np.nd
         i = np.flatnonzero(bad)
         j = i[np.argmin(file_rows[i])]
         raise UserError(f"data.source: {info.path}: /{split}/y row {int(file_rows[j])} has label "
-                        f"{y[j]!r}; allowed: {allowed} (task {info.task})")
+                        f"{format_label(y[j])}; allowed: {allowed} (task {info.task})")
 
 
 def _check_features(info: DatasetInfo, split: str, X: np.ndarray, file_rows: np.ndarray) -> None:
@@ -222,7 +299,7 @@ def read_labels(info: DatasetInfo, split: str) -> np.ndarray:
     except UserError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise UserError(f"data.source: {info.path}: cannot read /{split}/y ({exc}); "
+        raise UserError(f"data.source: {info.path}: cannot read /{split}/y ({first_line(exc)}); "
                         "the file is corrupt or truncated, re-create it with hpcsgd prepare") from exc
     if y.shape != (info.n_rows(split),):
         raise UserError(f"data.source: {info.path}: /{split}/y has shape {y.shape}, expected "
@@ -261,7 +338,7 @@ def read_rows(info: DatasetInfo, split: str, rows: np.ndarray) -> tuple[np.ndarr
     except UserError:
         raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise UserError(f"data.source: {info.path}: cannot read /{split} rows ({exc}); "
+        raise UserError(f"data.source: {info.path}: cannot read /{split} rows ({first_line(exc)}); "
                         "the file is corrupt or truncated, re-create it with hpcsgd prepare") from exc
     _check_features(info, split, X_u, uniq)
     _check_labels(info, split, y_u, uniq)
@@ -271,3 +348,34 @@ def read_rows(info: DatasetInfo, split: str, rows: np.ndarray) -> tuple[np.ndarr
     else:
         X, y = X_u[inverse], y_u[inverse]
     return np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(y, dtype=np.float64)
+
+
+def dataset_fingerprint(info: DatasetInfo) -> str:
+    """The data set's identity: hex sha256 of its contents (canonical form in the module doc).
+
+    The file's ``content_hash`` attribute when present (written by ``hpcsgd prepare``),
+    else computed from the file slab by slab, so memory stays bounded for any size.
+    """
+    try:
+        with _open_h5(info.path) as f:
+            stored = f.attrs.get("content_hash")
+            if stored is not None:
+                digest = _attr_str(stored)
+                if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                    raise UserError(f"data.source: {info.path} has content_hash {digest!r}; it must be "
+                                    "64 lower-case hex digits (sha256): delete the attribute to have "
+                                    "it computed, or re-create the file with hpcsgd prepare")
+                return digest
+            content = ContentHash(info.task, info.n_classes)
+            for key in CONTENT_KEYS:
+                dset = _get_dataset(f, info.path, key)
+                content.begin(key, dset.dtype, dset.shape)
+                for lo, hi in row_slabs(dset.shape[0], int(np.prod(dset.shape[1:], dtype=np.int64))):
+                    content.update(dset[lo:hi])
+            return content.hexdigest()
+    except UserError:
+        raise
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise UserError(f"data.source: {info.path}: cannot read it to compute its fingerprint "
+                        f"({first_line(exc)}); "
+                        "the file is corrupt or truncated, re-create it with hpcsgd prepare") from exc

@@ -5,7 +5,9 @@ that array is the worker's local indexing (local index ``i`` is global row
 ``rows[i]``). Every scheme returns each worker's rows sorted ascending (so a worker
 reads its rows from the file in one forward pass); orderings (``order.kind``) then
 permute local indices. All schemes but ``replicate`` give disjoint, non-empty parts
-whose union is all rows, and depend only on ``(y, n_workers, scheme, seed, alpha)``.
+whose union is all rows, and depend only on ``(y, n_workers, scheme, seed, alpha)``;
+when that is impossible (fewer rows than workers; for ``shards`` fewer than two per
+worker) a UserError names ``data.partition``, the worker count and the row count.
 
 Schemes:
 
@@ -83,26 +85,29 @@ def partition(
         raise UserError(f"data.partition: number of workers must be >= 1, got {n_workers!r}")
     M = int(n_workers)
     n = len(y)
+    if scheme == "replicate":
+        if n < 1:
+            raise UserError("data.partition = 'replicate': the data set has no training rows")
+        return [np.arange(n, dtype=np.int64) for _ in range(M)]
     if n < M:
-        raise UserError(f"data.partition: {n} training rows cannot give each of {M} workers at "
-                        "least one example; use fewer workers or a larger data set")
+        raise UserError(f"data.partition = {scheme!r}: {n} training rows cannot give each of {M} "
+                        f"workers at least one row; use at most {n} workers or a larger data set")
     if scheme == "contiguous":
         return split_even(n, M)
-    if scheme == "replicate":
-        return [np.arange(n, dtype=np.int64) for _ in range(M)]
     rng = _rng(seed)
     if scheme == "iid":
         perm = rng.permutation(n).astype(np.int64)
         return [np.sort(p) for p in np.array_split(perm, M)]
     if not np.isfinite(y).all():
-        raise UserError("data.partition: labels contain NaN/Inf")
+        raise UserError(f"data.partition = {scheme!r}: the training labels contain NaN/Inf")
     if scheme == "sorted":
         order = np.argsort(y, kind="stable").astype(np.int64)
         return [np.sort(p) for p in np.array_split(order, M)]
     if scheme == "shards":
         if n < 2 * M:
-            raise UserError(f"data.partition 'shards' needs at least 2 training rows per worker "
-                            f"({n} rows, {M} workers); use fewer workers or 'iid'")
+            raise UserError(f"data.partition = 'shards' needs at least 2 training rows per worker: "
+                            f"{n} training rows, {M} workers (at most {n // 2} workers); use fewer "
+                            "workers or 'iid'")
         order = np.argsort(y, kind="stable").astype(np.int64)
         shards = np.array_split(order, 2 * M)
         pick = rng.permutation(2 * M)
@@ -110,21 +115,22 @@ def partition(
                 for w in range(M)]
     # dirichlet
     if task == "regression":
-        raise UserError("data.partition 'dirichlet' needs class labels; the data set is a "
-                        "regression task (use iid, contiguous or shards)")
+        raise UserError("data.partition = 'dirichlet' needs class labels; the data set is a "
+                        "regression task (use iid, contiguous, sorted or shards)")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) \
             or not np.isfinite(alpha) or alpha <= 0:
         raise UserError(f"data.alpha must be a finite number > 0, got {alpha!r}")
     if not np.all(y == np.round(y)):
-        raise UserError("data.partition 'dirichlet' needs integer class labels")
+        raise UserError("data.partition = 'dirichlet' needs integer class labels")
     parts: list[list[np.ndarray]] = [[] for _ in range(M)]
     for c in np.unique(y):
         idx = np.flatnonzero(y == c).astype(np.int64)
         idx = idx[rng.permutation(len(idx))]
         props = rng.dirichlet(np.full(M, float(alpha)))
-        if not np.isfinite(props).all() or props.sum() <= 0:  # extreme alpha underflow
-            props = np.zeros(M)
-            props[rng.integers(M)] = 1.0
+        if not np.isfinite(props).all() or props.sum() <= 0:
+            # Older NumPy draws can underflow to 0/0 for tiny alpha: use the limit the
+            # draw tends to (all of the class on one worker; equal shares for large alpha).
+            props = np.full(M, 1.0 / M) if alpha >= 1 else np.eye(M)[rng.integers(M)]
         cuts = np.floor(np.cumsum(props)[:-1] / props.sum() * len(idx)).astype(np.int64)
         cuts = np.clip(cuts, 0, len(idx))
         for w, chunk in enumerate(np.split(idx, cuts)):
