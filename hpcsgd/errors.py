@@ -19,3 +19,14 @@ class DivergenceError(Exception):
 
 class CheckpointWriteError(UserError):
     """The run directory cannot take a checkpoint (disk full, read-only, quota)."""
+
+
+class WorkerSilentError(Exception):
+    """A worker the job cannot go on without has not answered (run.worker_timeout), or a
+    stop request could not gather the replies its checkpoint needs (run.stop_timeout)."""
+
+    exit_code = 4
+
+    def __init__(self, workers: list[int], why: str):
+        super().__init__(why)
+        self.workers = workers

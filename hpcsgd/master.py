@@ -10,8 +10,23 @@ Events come in one of two orders (SPEC section 2):
   simulated time t to worker j starts at max(t, end of j's previous job) and ends a
   drawn duration later.  The master only takes the earliest known completion once no
   job still in flight could complete before it, so the order never depends on which
-  MPI message happens to arrive first.  Ties go to the lower worker rank, then the
-  earlier job.
+  MPI message happens to arrive first.  Ties in simulated time go to the job handed
+  out first (the lower job number): when durations are equal (or all zero) workers are
+  served in the order their jobs were created, so every method makes progress.
+
+Waiting (``_wait``): every wait of the master -- for the next event, an evaluation, a
+checkpoint's replies -- keeps receiving whatever arrives, notices a stop request, and
+ends the job (``WorkerSilentError``, exit status 4) when a worker it needs has been
+silent for ``run.worker_timeout`` seconds, or when a stop request could not gather the
+replies for its checkpoint within ``run.stop_timeout``.
+
+Sending: at most ``SEND_WINDOW`` jobs are on their way to, or waiting at, a worker;
+later ones are held here until it answers.  MPICH moves a rank's outgoing messages
+through one queue, so messages to a rank that does not receive (frozen, stopped) would
+hold up every later message to every other rank (measured: after 63 messages), and a
+fastest-k master would stop feeding the live workers.  In the wall clock a held job
+that gets cancelled is withdrawn unsent (its worker never sees it); in the simulated
+clock nothing is withdrawn, so the trajectory never depends on timing.
 """
 
 from __future__ import annotations
@@ -30,12 +45,20 @@ from mpi4py import MPI
 from hpcsgd import __version__, checkpoint
 from hpcsgd import comm as C
 from hpcsgd.config import to_json
-from hpcsgd.errors import CheckpointWriteError, DivergenceError
+from hpcsgd.errors import CheckpointWriteError, DivergenceError, WorkerSilentError
 from hpcsgd.kernels.optim import heavy_ball_step, sgd_step
 from hpcsgd.kernels.regularizers import prox_l1
 from hpcsgd.stop import StopRequest
 from hpcsgd.stragglers import STREAM_METHOD, make_stream, samples_done, set_stream_state, stream_state
 from hpcsgd.trace import EVAL_COLUMNS, TRACE_COLUMNS, Table
+
+
+SEND_WINDOW = 2      # jobs sent to a worker and not yet answered
+SPARE_BUFFERS = 4    # job buffers of past versions kept for reuse
+# Wall clock: a worker is lagging (a due checkpoint is postponed rather than wait for it)
+# when its next reply is this many times its usual turnaround late, and at least LAG_MIN s.
+LAG_FACTOR = 10.0
+LAG_MIN = 1.0
 
 
 @dataclass(slots=True)
@@ -46,6 +69,9 @@ class Job:
     batch: int
     flags: int
     t_assign: float
+    buf: np.ndarray | None = None      # the job message while it is held here, unsent
+    undo: tuple[int, int] = (0, 0)     # the worker's epoch cursor before this job
+    sent_at: float = math.nan          # monotonic time it was sent
     start: float = math.nan
     t_done: float = math.nan
     cancel_time: float = math.nan
@@ -54,6 +80,10 @@ class Job:
     @property
     def cancelled(self) -> bool:
         return not math.isnan(self.cancel_time)
+
+    @property
+    def held(self) -> bool:
+        return self.buf is not None
 
 
 @dataclass(slots=True)
@@ -88,6 +118,14 @@ class EpochMirror:
         self.pos = list(self.sizes)  # "at the end of epoch 0": the first take starts epoch 1
         self.started = [0] * len(sizes)
         self._epoch = 0.0
+        self._stale = True
+
+    def position(self, worker: int) -> tuple[int, int]:
+        return self.pos[worker - 1], self.started[worker - 1]
+
+    def restore(self, worker: int, position: tuple[int, int]) -> None:
+        """Undo the worker's takes since ``position`` (a job withdrawn unsent)."""
+        self.pos[worker - 1], self.started[worker - 1] = position
         self._stale = True
 
     def take(self, worker: int, batch: int) -> int:
@@ -127,7 +165,8 @@ class EpochMirror:
 
 class Master:
     def __init__(self, comm: MPI.Comm, cfg: dict, model, shard_sizes: list[int], method,
-                 run_dir: Path, stop: StopRequest, quiet: bool = False):
+                 run_dir: Path, stop: StopRequest, hosts: list[str] | None = None,
+                 test_rows: int = -1, quiet: bool = False):
         self.comm = comm
         self.stop = stop
         self.cfg = cfg
@@ -137,6 +176,8 @@ class Master:
         self.quiet = quiet
         self.M = comm.Get_size() - 1
         self.workers = range(1, self.M + 1)
+        self.hosts = list(hosts) if hosts else ["?"] * (self.M + 1)  # by rank
+        self.test_rows = test_rows
         self.simulated = cfg["run"]["clock"] == "simulated"
         self.lr = cfg["method"]["lr"]
         self.beta = cfg["method"]["momentum"]
@@ -157,8 +198,8 @@ class Master:
         self.sim_now = 0.0
         self.worker_end = np.zeros(self.M + 1)
         self.jobs: dict[int, deque[Job]] = {j: deque() for j in self.workers}
-        self.ready: list[tuple[float, int, int]] = []  # sim mode: (t_done, worker, seq)
-        self.pending: list[tuple[int, int, int]] = []  # assignments not yet sent
+        self.ready: list[tuple[float, int, int]] = []  # (sim time or arrival number, seq, worker)
+        self.pending: list[tuple[int, int, int]] = []  # assignments not yet made
 
         # per-row counters, flushed into each trace row
         self.row_samples = 0
@@ -171,19 +212,38 @@ class Master:
         self.wall_offset = 0.0
         self.t0 = time.perf_counter()
         self.paused = 0.0
+        self.wall_floor = 0.0  # the training clock never runs backwards
         self.stop_reason = ""
         self.last_checkpoint: Path | None = None
 
+        # transport
         self.sends: list[tuple[MPI.Request, np.ndarray]] = []
-        self.job_bufs: dict[tuple[int, int, int], np.ndarray] = {}  # (version, batch, flags)
+        self.job_bufs: dict[tuple[int, int], np.ndarray] = {}  # (batch, flags) -> this version's job
+        self.job_bufs_version = -1
+        self.retired_bufs: list[np.ndarray] = []  # older versions' buffers, reusable once unused
         self.spare_job_bufs: list[np.ndarray] = []
         self.recv_size = C.result_length(self.d, cfg["order"])
         self.free_bufs: list[np.ndarray] = []
         self.recv_bufs: dict[int, np.ndarray] = {}
         self.recvs = [self._post_recv(j) for j in self.workers]
+        self.unanswered = [0] * (self.M + 1)            # jobs sent, reply not yet here
+        self.last_heard = [time.monotonic()] * (self.M + 1)
+        self.turnaround = [0.0] * (self.M + 1)          # smoothed send-to-reply seconds
         self.arrivals = 0
         self.updated = False
         self.backoff = C.Backoff()
+
+        # waiting for evaluations and checkpoint state
+        self.eval_pending: dict | None = None  # the evaluation whose replies are awaited
+        self.eval_due = False                  # wall clock: one came due meanwhile
+        self.eval_bufs = None
+        self.trees: dict[int, dict] = {}
+        self.trees_wanted: set[int] = set()
+        self.postponed: dict[int, float] | None = None  # checkpoint waits for these to be heard
+        self.worker_timeout = cfg["run"]["worker_timeout"]
+        self.stop_timeout = cfg["run"]["stop_timeout"]
+        self.stop_deadline = math.inf
+
         self.max_updates = cfg["run"]["max_updates"]
         self.max_epochs = cfg["run"]["epochs"]
         self.max_seconds = cfg["run"]["max_seconds"]
@@ -197,7 +257,9 @@ class Master:
 
     # ------------------------------------------------------------------ clocks
     def wall_time(self) -> float:
-        return self.wall_offset + time.perf_counter() - self.t0 - self.paused
+        t = self.wall_offset + time.perf_counter() - self.t0 - self.paused
+        self.wall_floor = max(self.wall_floor, t)
+        return self.wall_floor
 
     def now(self) -> float:
         """The clock that orders events: simulated seconds, or wall seconds."""
@@ -213,37 +275,75 @@ class Master:
         self.sends.append((self.comm.Isend(buf, dest=worker, tag=tag), buf))
 
     def _reap_sends(self) -> None:
-        if self.sends and MPI.Request.Testall([r for r, _ in self.sends]):
-            self.sends.clear()
+        """Forget completed sends; recycle old job buffers no send or held job uses."""
+        if self.sends:
+            done = MPI.Request.Testsome([r for r, _ in self.sends])
+            if done:
+                gone = set(done)
+                self.sends = [s for i, s in enumerate(self.sends) if i not in gone]
+        if self.retired_bufs:
+            busy = {id(b) for _, b in self.sends}
+            busy.update(id(j.buf) for q in self.jobs.values() for j in q if j.held)
+            keep = []
+            for buf in self.retired_bufs:
+                if id(buf) in busy:
+                    keep.append(buf)
+                elif len(self.spare_job_bufs) < SPARE_BUFFERS:
+                    self.spare_job_bufs.append(buf)
+            self.retired_bufs = keep
 
     def assign(self, worker: int, batch: int, flags: int) -> None:
         """Create a job at the current model for ``worker``; it queues behind its others."""
+        undo = self.mirror.position(worker)
         actual = self.mirror.take(worker, batch)
-        job = Job(worker, self.seq, self.version, actual, flags, t_assign=self.now())
+        job = Job(worker, self.seq, self.version, actual, flags, t_assign=self.now(),
+                  buf=self._job_buffer(actual, flags), undo=undo)
         self.seq += 1
         self.jobs[worker].append(job)
         self.row_messages += 1
-        # Isend needs a buffer nobody writes to until it completes, and the model changes
-        # at the next update: copy the parameters once per version and share the copy
-        # among every send of that version.
-        key = (self.version, actual, flags)
-        buf = self.job_bufs.get(key)
-        if buf is None:
-            buf = self._job_buffer(actual, flags)
-            self.job_bufs[key] = buf
-        self._send(buf, worker, C.TAG_JOB)
+        self._send_held(worker)
 
     def _job_buffer(self, batch: int, flags: int) -> np.ndarray:
-        """A job buffer for the current version, reusing old ones whose sends are done
-        (a fresh d-sized allocation per update costs page faults at large d)."""
-        self._reap_sends()
-        old = [k for k in self.job_bufs if k[0] != self.version]
-        if not self.sends:
-            self.spare_job_bufs.extend(self.job_bufs.pop(k) for k in old)
-        buf = self.spare_job_bufs.pop() if self.spare_job_bufs else np.empty(C.JOB_HEADER + self.d)
-        buf[C.J_VERSION], buf[C.J_BATCH], buf[C.J_FLAGS] = self.version, batch, flags
-        buf[C.JOB_HEADER:] = self.params
+        """The job message at the current version.  Isend needs a buffer nobody writes to
+        until it completes, and the model changes at the next update: the parameters are
+        copied once per version and the copy shared by every job of that version (old
+        buffers are reused: a fresh d-sized allocation per update costs page faults)."""
+        if self.job_bufs_version != self.version:
+            self.retired_bufs.extend(self.job_bufs.values())
+            self.job_bufs.clear()
+            self.job_bufs_version = self.version
+            self._reap_sends()
+        buf = self.job_bufs.get((batch, flags))
+        if buf is None:
+            buf = self.spare_job_bufs.pop() if self.spare_job_bufs else np.empty(C.JOB_HEADER + self.d)
+            buf[C.J_VERSION], buf[C.J_BATCH], buf[C.J_FLAGS] = self.version, batch, flags
+            buf[C.JOB_HEADER:] = self.params
+            self.job_bufs[batch, flags] = buf
         return buf
+
+    def _send_held(self, worker: int) -> None:
+        """Send the worker's held jobs, oldest first, while fewer than SEND_WINDOW of its
+        jobs are unanswered."""
+        if self.unanswered[worker] >= SEND_WINDOW:
+            return
+        for job in self.jobs[worker]:
+            if job.held:
+                self._send(job.buf, worker, C.TAG_JOB)
+                job.buf = None
+                job.sent_at = time.monotonic()
+                self.unanswered[worker] += 1
+                if self.unanswered[worker] >= SEND_WINDOW:
+                    return
+
+    def _withdraw_held(self, worker: int, version: int) -> None:
+        """Wall clock: held jobs older than ``version`` are obsolete; drop them unsent
+        (newest first, so that the epoch cursor can be rewound to before each)."""
+        q = self.jobs[worker]
+        while q and q[-1].held and q[-1].version < version:
+            job = q.pop()
+            self.mirror.restore(worker, job.undo)
+            self.row_messages -= 1
+            job.buf = None
 
     def send_signs(self, worker: int, eps: np.ndarray) -> None:
         """CD-GraB signs for ``worker``'s last pairs; they reach it before its next job."""
@@ -285,8 +385,12 @@ class Master:
             self.stop.reason = f"a signal on worker {worker}"
         # A worker answers its jobs in the order it got them.
         job = next(j for j in self.jobs[worker] if j.result is None)
-        assert job.version == r.version and job.batch == r.batch, (
+        assert job.version == r.version and job.batch == r.batch and not job.held, (
             f"worker {worker} answered (v{r.version}, b{r.batch}), expected (v{job.version}, b{job.batch})")
+        now = time.monotonic()
+        self.unanswered[worker] -= 1
+        self.turnaround[worker] = 0.75 * self.turnaround[worker] + 0.25 * (now - job.sent_at)
+        self.last_heard[worker] = now
         job.result = r
         # Workers drop a preemptible job only once the master has sent something newer,
         # which it does only after cancelling the job.
@@ -302,7 +406,7 @@ class Master:
             if job.cancelled:
                 self._forget(job)  # its load was counted when it was cancelled
             else:
-                heapq.heappush(self.ready, (job.t_done, worker, job.seq))
+                heapq.heappush(self.ready, (job.t_done, job.seq, worker))
         else:
             job.t_done = self.wall_time()
             self.method.observe(job, r)
@@ -310,8 +414,9 @@ class Master:
                 self._count_dropped(r.samples, sent_gradient=_carries_gradient(r))
                 self._forget(job)
             else:
-                heapq.heappush(self.ready, (self.arrivals, worker, job.seq))
+                heapq.heappush(self.ready, (self.arrivals, job.seq, worker))
                 self.arrivals += 1
+        self._send_held(worker)
 
     def _count_dropped(self, samples: int, sent_gradient: bool = False) -> None:
         """A dropped job's work (the samples it got through) counts as load in the
@@ -338,6 +443,8 @@ class Master:
             return
         t = self.now()
         for worker in self.workers:
+            if not self.simulated:
+                self._withdraw_held(worker, version)
             for job in list(self.jobs[worker]):
                 if job.version >= version or job.cancelled:
                     continue
@@ -358,7 +465,7 @@ class Master:
                 r = job.result
                 self._count_dropped(samples_done(job.batch, r.duration - r.delay_comm, t - job.start))
                 self._forget(job)
-        self.ready = [e for e in self.ready if self._job(e[1], e[2]) is not None]
+        self.ready = [e for e in self.ready if self._job(e[2], e[1]) is not None]
         heapq.heapify(self.ready)
 
     def _job(self, worker: int, seq: int) -> Job | None:
@@ -369,41 +476,113 @@ class Master:
         for worker in self.workers:
             for job in self.jobs[worker]:
                 if job.result is None and not job.cancelled:
-                    bound = (max(job.t_assign, self.worker_end[worker]), worker, job.seq)
-                    if bound < key:
+                    if (max(job.t_assign, self.worker_end[worker]), job.seq) < key[:2]:
                         return False
                     break  # later jobs of this worker end later still
         return True
 
-    def next_event(self) -> Job:
-        backoff = self.backoff
-        while True:
-            if self.ready and (not self.simulated or self._can_take(self.ready[0])):
-                backoff.done()
-                _, worker, seq = heapq.heappop(self.ready)
-                job = self._job(worker, seq)
-                self.jobs[worker].remove(job)
-                if self.simulated:
-                    self.sim_now = job.t_done
-                self.row_messages += 1
-                self.row_samples += job.batch
-                self.row_compute = max(self.row_compute, job.result.compute_seconds)
-                return job
-            if not self._receive_some():
-                backoff.wait()
+    def _event_ready(self) -> bool:
+        return bool(self.ready) and (not self.simulated or self._can_take(self.ready[0]))
 
-    def drain(self) -> None:
-        """Wait for every job in flight.  Cancelled ones are dropped on arrival."""
-        backoff = C.Backoff()
-        while any(j.result is None for q in self.jobs.values() for j in q):
-            if not self._receive_some():
-                backoff.wait()
+    def next_event(self) -> Job:
+        self._wait(self._event_ready, "a result", self.backoff)
+        _, seq, worker = heapq.heappop(self.ready)
+        job = self._job(worker, seq)
+        self.jobs[worker].remove(job)
+        if self.simulated:
+            self.sim_now = job.t_done
+        self.row_messages += 1
+        self.row_samples += job.batch
+        self.row_compute = max(self.row_compute, job.result.compute_seconds)
+        return job
+
+    def _in_flight(self) -> bool:
+        return any(j.result is None for q in self.jobs.values() for j in q)
+
+    def drain(self, give_up=None) -> list[int]:
+        """Wait for every job in flight (cancelled ones are dropped on arrival); with
+        ``give_up``, stop early and return the workers it names."""
+        return self._wait(lambda: not self._in_flight(), "the jobs in flight", give_up=give_up)
+
+    # ------------------------------------------------------------------ waiting
+    def _poll(self) -> bool:
+        """Receive whatever has arrived: results, evaluation replies, state trees."""
+        got = self._receive_some()
+        if self.eval_pending is not None and MPI.Request.Testall(self.eval_pending["recvs"]):
+            self._finish_eval()
+            got = True
+        if self.trees_wanted:
+            for j in sorted(self.trees_wanted):
+                if self.comm.Iprobe(source=j, tag=C.TAG_TREE):
+                    self.trees[j] = C.recv_tree(self.comm, j)
+                    self.trees_wanted.discard(j)
+                    self.last_heard[j] = time.monotonic()
+                    got = True
+        if len(self.sends) > 8 * self.M:
+            self._reap_sends()
+        return got
+
+    def _wait(self, done, what: str, backoff: C.Backoff | None = None, give_up=None) -> list[int]:
+        """Receive until ``done()``; meanwhile honour stop requests and the watchdog.
+        ``give_up()`` may end the wait early by returning the workers it gives up on."""
+        backoff = backoff or C.Backoff()
+        started = time.monotonic()
+        while not done():
+            if self._poll():
+                continue
+            self._watch(started, what)
+            if give_up is not None:
+                lagging = give_up()
+                if lagging:
+                    backoff.done()
+                    return lagging
+            backoff.wait()
+        backoff.done()
+        return []
+
+    def _owes(self, worker: int) -> bool:
+        """Something sent to ``worker`` still waits for its answer."""
+        if self.unanswered[worker] or worker in self.trees_wanted:
+            return True
+        pending = self.eval_pending
+        return pending is not None and not pending["recvs"][worker - 1].Test()
+
+    def _quiet_for(self, worker: int, now: float) -> float:
+        oldest = next((j.sent_at for j in self.jobs[worker] if j.result is None and not j.held), -math.inf)
+        return now - max(self.last_heard[worker], oldest)
+
+    def _watch(self, started: float, what: str) -> None:
+        """Called while a wait gets nothing: the stop deadline, the watchdog, and a
+        wait for something nobody owes (an engine bug, never a silent hang)."""
+        now = time.monotonic()
+        if self.stop_deadline == math.inf and self.stop.check():
+            self.stop_deadline = now + self.stop_timeout
+        waited = now - started
+        if waited < 1.0 and now < self.stop_deadline:
+            return
+        owing = [j for j in self.workers if self._owes(j)]
+        if now >= self.stop_deadline:
+            raise WorkerSilentError(owing, f"the stop request ({self.stop.reason}) waited "
+                                           f"{self.stop_timeout:g} s (run.stop_timeout) for {what}")
+        if self.worker_timeout and waited >= self.worker_timeout:
+            silent = [j for j in owing if self._quiet_for(j, now) >= self.worker_timeout]
+            if silent:
+                raise WorkerSilentError(silent, f"the master waited {waited:.0f} s "
+                                                f"(run.worker_timeout) for {what}")
+        if not owing:
+            raise RuntimeError(f"the master waits for {what} but no worker owes it anything")
+
+    def _lagging(self) -> list[int]:
+        """Wall clock: workers whose next reply is far later than usual."""
+        now = time.monotonic()
+        return [j for j in self.workers if self.unanswered[j] and
+                self._quiet_for(j, now) > max(LAG_MIN, LAG_FACTOR * self.turnaround[j])]
 
     def _inflight_tree(self) -> dict:
         """Live jobs after ``drain``: each with its timing, its place in the event queue
         and its result, so a resumed master takes them exactly where this one would.
         (Their workers have moved past them: cursors and delay streams included.)"""
-        key = {(w, seq): k0 for k0, w, seq in self.ready}
+        key = {(w, seq): k0 for k0, seq, w in self.ready}
         live = sorted((j for q in self.jobs.values() for j in q), key=lambda j: j.seq)
         assert all((j.worker, j.seq) in key and not j.result.pairs.size for j in live)
         n = C.RESULT_HEADER + self.d
@@ -422,9 +601,9 @@ class Master:
             buf = np.empty(self.recv_size)
             buf[:n] = row
             job = Job(worker, seq, version, batch, flags, t_assign, start=start, t_done=t_done,
-                      result=self._parse(worker, buf))
+                      sent_at=time.monotonic(), result=self._parse(worker, buf))
             self.jobs[worker].append(job)
-            self.ready.append((k0 if self.simulated else int(k0), worker, seq))
+            self.ready.append((k0 if self.simulated else int(k0), seq, worker))
         heapq.heapify(self.ready)
 
     # ------------------------------------------------------------------ updates
@@ -466,35 +645,59 @@ class Master:
 
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self) -> None:
-        """Full train and test metrics at the current model.  The wall clock pauses for
-        the evaluation's own cost (the slowest worker's compute and the reduction here),
-        not for the wait while workers finish jobs already running."""
-        wall = self.wall_time()  # the row's time is when evaluation started, not ended
+    def evaluate(self, wait: bool = False) -> None:
+        """Full train and test metrics at the current model, summed over every worker's
+        rows.  In the simulated clock (or with ``wait``) the master waits for them; in the
+        wall clock it trains on while the replies come, so a frozen worker delays the
+        row, not the run (an evaluation due meanwhile is made once that one is in).
+        The row's times are those of the request; the training clock is set back by the
+        evaluation's own cost (the slowest worker's compute and the reduction here)."""
+        if self.eval_pending is not None:
+            if not (wait or self.simulated):
+                self.eval_due = True
+                return
+            self._wait(lambda: self.eval_pending is None, "an evaluation")
+        self.eval_due = False
+        if self.eval_bufs is None:
+            self.eval_bufs = np.empty((self.M, C.EVAL_HEADER + self.d))
         buf = C.job_buffer(self.params, self.version, 0)
         for j in self.workers:
             self._send(buf, j, C.TAG_EVAL)
-        replies = []
-        for j in self.workers:
-            reply, _ = C.recv_sized(self.comm, j, C.TAG_EVAL_RESULT)
-            replies.append(reply)
+        self.eval_pending = {
+            "row": dict(update=self.version, epoch=self.mirror.epoch(), wall_time=self.wall_time(),
+                        sim_time=self.sim_now if self.simulated else math.nan),
+            "params": buf[C.JOB_HEADER:],
+            "recvs": [self.comm.Irecv(self.eval_bufs[j - 1], source=j, tag=C.TAG_EVAL_RESULT)
+                      for j in self.workers],
+        }
+        if wait or self.simulated:
+            self._wait(lambda: self.eval_pending is None, "an evaluation")
+
+    def _finish_eval(self) -> None:
         t = time.perf_counter()
-        tot = np.sum([r[:C.EVAL_HEADER] for r in replies], axis=0)
-        grad = np.sum([r[C.EVAL_HEADER:] for r in replies], axis=0) / tot[C.E_TRAIN_N]
-        self.model.reg_grad_add(self.params, grad)
-        reg = self.model.reg_value(self.params) + self.l1 * float(np.abs(self.params).sum())
+        pending, self.eval_pending = self.eval_pending, None
+        replies = self.eval_bufs
+        now = time.monotonic()
+        for j in self.workers:
+            self.last_heard[j] = max(self.last_heard[j], now)
+        tot = replies[:, :C.EVAL_HEADER].sum(axis=0)
+        params = pending["params"]
+        grad = replies[:, C.EVAL_HEADER:].sum(axis=0) / tot[C.E_TRAIN_N]
+        self.model.reg_grad_add(params, grad)
+        reg = self.model.reg_value(params) + self.l1 * float(np.abs(params).sum())
+        n_test = tot[C.E_TEST_N]
         classify = self.model.kind != "least_squares"
-        row = dict(update=self.version, epoch=self.mirror.epoch(), wall_time=wall,
-                   sim_time=self.sim_now if self.simulated else math.nan,
+        row = dict(pending["row"],
                    train_loss=tot[C.E_TRAIN_LOSS] / tot[C.E_TRAIN_N] + reg,
-                   test_loss=tot[C.E_TEST_LOSS] / max(tot[C.E_TEST_N], 1),
-                   test_accuracy=tot[C.E_TEST_CORRECT] / max(tot[C.E_TEST_N], 1) if classify else math.nan,
+                   # no test rows: no test metrics (NaN), never a made-up 0
+                   test_loss=tot[C.E_TEST_LOSS] / n_test if n_test else math.nan,
+                   test_accuracy=tot[C.E_TEST_CORRECT] / n_test if classify and n_test else math.nan,
                    grad_norm=float(np.linalg.norm(grad)))
         self.evals.append(**row)
         self._schedule_eval()
-        self.paused += max(r[C.E_SECONDS] for r in replies) + time.perf_counter() - t
+        self.paused += float(replies[:, C.E_SECONDS].max()) + time.perf_counter() - t
         if not math.isfinite(row["train_loss"]):
-            raise DivergenceError(f"non-finite training loss at update {self.version}")
+            raise DivergenceError(f"non-finite training loss at update {row['update']}")
 
     def _schedule_eval(self) -> None:
         """eval_seconds: the next evaluation is due at the first multiple of eval_seconds
@@ -503,27 +706,64 @@ class Master:
             last = self.evals.last("sim_time" if self.simulated else "wall_time")
             self.next_eval_at = (math.floor(last / self.eval_seconds) + 1) * self.eval_seconds
 
+    def _eval_is_due(self) -> bool:
+        if self.eval_due and self.eval_pending is None:
+            return True
+        if self.eval_every:
+            return self.version % self.eval_every == 0
+        return bool(self.eval_seconds) and self.now() >= self.next_eval_at
+
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint(self) -> Path:
+    def checkpoint(self, postpone: bool = False) -> Path | None:
+        """Write a checkpoint; every worker's order and streams come with it, so every
+        job in flight is waited for first.  With ``postpone`` (wall clock, periodic
+        checkpoints) a lagging worker is not waited for: the checkpoint is taken at the
+        first update after it has answered again, and training goes on meanwhile."""
         self.method.flush(self)
-        self.drain()  # jobs run to completion meanwhile: training time, not paused
+        lagging = self.drain(give_up=self._lagging if postpone and not self.simulated else None)
+        if lagging:
+            if self.postponed is None and not self.quiet:
+                print(f"[hpcsgd] checkpoint at update {self.version} postponed: "
+                      f"{self.describe(lagging, time.monotonic())} not answered; training goes on",
+                      flush=True)
+            self.postponed = {j: self.last_heard[j] for j in lagging}
+            return None
+        self.postponed = None
+        if self.eval_pending is not None:
+            self._wait(lambda: self.eval_pending is None, "an evaluation")
         t = time.perf_counter()
-        states = {}
         for j in self.workers:
             self._send(C.job_buffer(None, self.version, 0), j, C.TAG_STATE_GET)
-        for j in self.workers:
-            states[j] = C.recv_tree(self.comm, j)
-        tree = self.state_tree(states)
+        self.trees, self.trees_wanted = {}, set(self.workers)
+        self._wait(lambda: not self.trees_wanted, "the workers' state for a checkpoint")
+        tree = self.state_tree(self.trees)
+        self.trees = {}
         try:
             path = checkpoint.save_checkpoint(self.run_dir, tree, keep=self.cfg["run"]["keep_checkpoints"])
         except OSError as exc:
             raise CheckpointWriteError(
                 f"cannot write a checkpoint into {self.run_dir} at update {self.version} "
-                f"({exc.strerror or exc}); the last good checkpoint is "
-                f"{self.last_checkpoint or 'none of this job'}") from None
+                f"({exc.strerror or exc}); {self.last_checkpoint_text()}") from None
         self.last_checkpoint = path
         self.paused += time.perf_counter() - t
         return path
+
+    def _checkpoint_is_due(self) -> bool:
+        if self.postponed is not None:
+            return all(self.last_heard[j] > t for j, t in self.postponed.items())
+        return bool(self.ckpt_every) and self.version % self.ckpt_every == 0
+
+    def last_checkpoint_text(self) -> str:
+        """Names the checkpoint that is intact: this job's last one, or the one it
+        resumed from (``last_checkpoint`` starts there)."""
+        if self.last_checkpoint is not None:
+            return f"the last good checkpoint is {self.last_checkpoint}"
+        return f"no checkpoint was written in {self.run_dir}"
+
+    def describe(self, workers: list[int], now: float) -> str:
+        """'worker 3 (host n07, silent 12 s)' for each of ``workers``."""
+        return ", ".join(f"worker {j} (host {self.hosts[j]}, silent {self._quiet_for(j, now):.0f} s)"
+                         for j in workers)
 
     def state_tree(self, worker_states: dict[int, dict]) -> dict:
         M = self.M
@@ -554,6 +794,7 @@ class Master:
             "update": self.version, "epoch": self.mirror.epoch(), "method": self.method.name,
             "world_size": M + 1, "config": to_json(self.cfg), "clock": self.cfg["run"]["clock"],
             "hpcsgd_version": __version__, "stop_reason": self.stop_reason or "",
+            "test_rows": self.test_rows,
             "model": {"params": self.params.copy()},
             "state": {
                 "optimizer": {"momentum": self.momentum.copy()},
@@ -623,16 +864,18 @@ class Master:
         if self.max_seconds and self.now() >= self.max_seconds:
             return f"reached run.max_seconds = {self.max_seconds:g}"
         if self.stop.check():
+            if self.stop_deadline == math.inf:
+                self.stop_deadline = time.monotonic() + self.stop_timeout
             return f"stop requested ({self.stop.reason})"
         return ""
 
     def run(self, fresh: bool) -> int:
         self.t0 = time.perf_counter()
-        if fresh:
-            self.pending = list(self.method.start(self))
-            self.evaluate()
-        self.stop_reason = self.should_stop()
         try:
+            if fresh:
+                self.pending = list(self.method.start(self))
+                self.evaluate(wait=True)
+            self.stop_reason = self.should_stop()
             while not self.stop_reason:
                 t0 = time.perf_counter()
                 self._assign_pending()
@@ -648,20 +891,22 @@ class Master:
                     self.updated = False
                     self._between_updates()
             self.drain()
+            if self.eval_pending is not None:
+                self._wait(lambda: self.eval_pending is None, "an evaluation")
             if self.evals.last("update") != self.version:
-                self.evaluate()
+                self.evaluate(wait=True)
             path = self.checkpoint()
         except DivergenceError as exc:
+            print(f"hpcsgd: error: training diverged: {exc}; {self.last_checkpoint_text()} "
+                  f"(try a smaller method.lr)", file=sys.stderr, flush=True)
             self.stop_workers(3)
-            where = (f"last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint
-                     else "no checkpoint was written")
-            print(f"hpcsgd: error: training diverged: {exc}; {where} (try a smaller method.lr)",
-                  file=sys.stderr, flush=True)
             return 3
         except CheckpointWriteError as exc:
-            self.stop_workers(exc.exit_code)
             print(f"hpcsgd: error: {exc}", file=sys.stderr, flush=True)
+            self.stop_workers(exc.exit_code)
             return exc.exit_code
+        except WorkerSilentError as exc:
+            self._abandon(exc)
         self._progress(force=True)
         self.stop_workers(0)
         hint = ""
@@ -672,15 +917,26 @@ class Master:
             print(f"[hpcsgd] stopped: {self.stop_reason}; checkpoint {path}{hint}", flush=True)
         return 0
 
+    def _abandon(self, exc: WorkerSilentError) -> None:
+        """A worker cannot be waited for any longer: one line on what happened and which
+        checkpoint is intact, then end every rank (a frozen one cannot leave by itself)."""
+        who = self.describe(exc.workers, time.monotonic()) if exc.workers else "no worker"
+        resume = f"; resume with: hpcsgd resume {self.run_dir}" if self.last_checkpoint else ""
+        sys.stdout.flush()
+        sys.stderr.write(f"hpcsgd: error: {exc} and {who} did not answer; no new checkpoint, "
+                         f"{self.last_checkpoint_text()}{resume}\n")
+        sys.stderr.flush()
+        time.sleep(0.5)  # let mpiexec forward the line before the job is torn down
+        self.comm.Abort(exc.exit_code)
+
     def _between_updates(self) -> None:
         self.progress_updates += 1
         self.stop_reason = self.should_stop()
-        if self.eval_every and self.version % self.eval_every == 0 and not self.stop_reason:
-            self.evaluate()
-        elif self.eval_seconds and self.now() >= self.next_eval_at and not self.stop_reason:
-            self.evaluate()
-        if self.ckpt_every and self.version % self.ckpt_every == 0 and not self.stop_reason:
-            self.checkpoint()
+        if not self.stop_reason:
+            if self._eval_is_due():
+                self.evaluate()
+            if self._checkpoint_is_due():
+                self.checkpoint(postpone=True)
         self._progress()
 
     def _progress(self, force: bool = False) -> None:
@@ -704,10 +960,17 @@ class Master:
               f"{sim} eta {eta:.0f}s", flush=True)
 
     def stop_workers(self, status: int) -> None:
-        # Receive and discard whatever is still in flight so that no worker is left
-        # blocked in a send, then let every worker leave its loop.
+        # Drop jobs never sent, receive and discard whatever is still in flight so that
+        # no worker is left blocked in a send, then let every worker leave its loop.
+        for worker in self.workers:
+            self._withdraw_held(worker, self.version + 1)
         self.cancel_jobs_before(self.version + 1)
-        self.drain()
+        try:
+            self.drain()
+            if self.eval_pending is not None:
+                self._wait(lambda: self.eval_pending is None, "an evaluation")
+        except WorkerSilentError as exc:
+            self._abandon(exc)
         for j in self.workers:
             self._send(C.job_buffer(None, self.version, 0, status), j, C.TAG_STOP)
         for req in self.recvs:

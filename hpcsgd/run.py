@@ -96,11 +96,11 @@ def _setup(comm: MPI.Comm, cfg: dict):
     n_classes = max(info.n_classes, 2) if info.task != "regression" else 1
     model = make_model(cfg["model"]["kind"], info.n_features, n_classes, hidden=cfg["model"]["hidden"],
                        l2=cfg["model"]["l2"], nonconvex=cfg["model"]["nonconvex"])
-    if cfg["order"]["kind"] == "cd_grab":
-        # Shared pointers need equal shards: every worker keeps its first n_min rows.
-        n_min = min(len(p) for p in parts)
-        parts = [p[:n_min] for p in parts]
     sizes = [len(p) for p in parts]
+    if cfg["order"]["kind"] == "cd_grab":
+        # Shared pointers need equal shards: every worker trains on the first n_min rows
+        # of its shard (all of them are still evaluated).
+        sizes = [min(sizes)] * M
     check_shards(cfg, M, min(sizes))
     local = None
     if rank > 0:
@@ -108,7 +108,7 @@ def _setup(comm: MPI.Comm, cfg: dict):
         test = split_even(info.n_test, M)[rank - 1]
         X_test, y_test = read_rows(info, "test", test)
         local = (X, y, X_test, y_test)
-    return model, sizes, local
+    return model, sizes, local, {"train_rows": info.n_train, "test_rows": info.n_test}
 
 
 def _estimate_L(comm: MPI.Comm, model, X: np.ndarray | None) -> float:
@@ -160,7 +160,8 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     _on_root(comm, _check_resumable, resume_tree, comm.Get_size(), resume_path)
     _threads(cfg)
     C.fine_timer_slack()
-    model, sizes, local = _collective(comm, _setup, comm, cfg)
+    model, sizes, local, rows = _collective(comm, _setup, comm, cfg)
+    hosts = comm.gather(MPI.Get_processor_name(), root=0)  # names the silent ones, if any
     M = comm.Get_size() - 1
     if cfg["run"]["eval_every"] == 0 and not cfg["run"]["eval_seconds"]:
         cfg["run"]["eval_every"] = _default_eval_every(cfg, sizes, M)
@@ -181,12 +182,14 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         # A STOP file already there counts: the batch shell may write it while the job
         # starts up (hpcsgd-job.sh); the stop that honours it removes it.
         stop = StopRequest(run_dir)
-        master = Master(comm, cfg, model, sizes, method, run_dir, stop, quiet=quiet)
+        master = Master(comm, cfg, model, sizes, method, run_dir, stop, hosts=hosts,
+                        test_rows=rows["test_rows"], quiet=quiet)
         if resume_tree is None:
             init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
             master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
         else:
             states = master.load_state(resume_tree)
+            master.last_checkpoint = resume_path
             for j, st in states.items():
                 master._send(C.job_buffer(None, master.version, 0), j, C.TAG_STATE_SET)
                 C.send_tree(comm, j, st)
@@ -194,12 +197,20 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
             what = "resuming" if resume_tree is not None else "training"
             print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
                   f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
+            visited = sum(sizes)
+            if visited < rows["train_rows"]:
+                print(f"[hpcsgd] order.kind = 'cd_grab' needs equal shards: training visits "
+                      f"{visited} of the {rows['train_rows']} training rows ({sizes[0]} per worker, "
+                      f"the smallest shard); evaluation covers all {rows['train_rows']}", flush=True)
+            if rows["test_rows"] == 0:
+                print(f"[hpcsgd] {cfg['data']['source']} has no test rows: test metrics are NaN",
+                      flush=True)
         with stop:
             return master.run(fresh=resume_tree is None)
 
     _on_root(comm, lambda: None)  # rank 0 prepares the run directory
     X, y, X_test, y_test = local
-    ordering = make_ordering(cfg["order"]["kind"], [X.shape[0]], cfg["run"]["seed"], workers=[rank])
+    ordering = make_ordering(cfg["order"]["kind"], [sizes[rank - 1]], cfg["run"]["seed"], workers=[rank])
     cursor = EpochCursor(ordering)
     if cfg["order"]["record_history"]:
         cursor.history = []

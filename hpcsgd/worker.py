@@ -23,6 +23,9 @@ from hpcsgd.stragglers import DelayModel, samples_done, set_stream_state, stream
 class Worker:
     def __init__(self, comm: MPI.Comm, cfg: dict, model, X, y, X_test, y_test,
                  cursor: EpochCursor, delay: DelayModel, stop: StopRequest):
+        """``X, y``: the worker's whole shard, all of it evaluated; the cursor's order
+        visits its first ``cursor.n`` rows (all of them, except where CD-GraB cuts every
+        shard to the smallest)."""
         self.comm = comm
         self.stop = stop
         self.rank = comm.Get_rank()
@@ -38,6 +41,7 @@ class Worker:
         self.per_example = self.kind in ("grab", "pair", "cd_grab")
         batch = cfg["order"]["batch"]
         self.inbox = np.empty(C.JOB_HEADER + max(d, batch))  # a job, or up to B/2 signs
+        self.params = self.inbox[C.JOB_HEADER:C.JOB_HEADER + d]  # the model of a job or evaluation
         self.result = np.empty(C.result_length(d, cfg["order"]))
         self.grads = np.empty((batch, d)) if self.per_example else None
         # CD-GraB pairs waiting for the master's signs, oldest first (signs may come one
@@ -80,7 +84,7 @@ class Worker:
     def job(self) -> None:
         h = self.inbox[:C.JOB_HEADER].tolist()
         version, batch, flags = int(h[C.J_VERSION]), int(h[C.J_BATCH]), int(h[C.J_FLAGS])
-        w = self.inbox[C.JOB_HEADER:]
+        w = self.params
         idx = self.cursor.next_batch(batch)
         assert idx.size == batch, f"worker {self.rank}: master expected batch {batch}, order gives {idx.size}"
         # The batch and the delay are drawn even for a dropped job, so that what later
@@ -189,7 +193,7 @@ class Worker:
 
     def evaluate(self) -> None:
         t = time.perf_counter()
-        w = self.inbox[C.JOB_HEADER:]
+        w = self.params
         r = self.eval_reply
         m = self.model
         r[C.E_TRAIN_LOSS] = m.grad_sum(w, self.X, self.y, self.all_rows, r[C.EVAL_HEADER:])

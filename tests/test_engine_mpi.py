@@ -308,12 +308,12 @@ class JobClock:
         start = max(t, self.end[j])
         self.end[j] = start + self.delays[j].duration(1)
         self.outstanding[j] += 1
-        heapq.heappush(self.events, (self.end[j], j, self.seq, version))
+        heapq.heappush(self.events, (self.end[j], self.seq, j, version))  # ties: first assigned
         self.seq += 1
 
     def next(self) -> tuple[float, int, int]:
         """The next job to finish: (time, worker, the version it was computed at)."""
-        t, j, _, v = heapq.heappop(self.events)
+        t, _, j, v = heapq.heappop(self.events)
         self.outstanding[j] -= 1
         return t, j, v
 
