@@ -1,5 +1,6 @@
 """``hpcsgd inspect``: a summary of one checkpoint (method, progress, metrics,
-staleness statistics, load, orderings stored)."""
+staleness statistics, load, orderings stored), its checksum status, and which newer
+checkpoints of a run directory were skipped as damaged and why."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from hpcsgd.checkpoint import FIRST_CHECKSUMMED_VERSION, find_checkpoint
 from hpcsgd.errors import UserError
-from hpcsgd.checkpoint import load_checkpoint
+from hpcsgd.trace import TRACE_COLUMNS
 
 # Staleness values up to this bound get an exact {value: count} histogram; beyond it
 # the histogram is binned into HIST_BINS integer-aligned ranges keyed "lo-hi".
@@ -105,9 +107,10 @@ def _gsgm(config: dict, trace: dict) -> dict | None:
 
 
 def summarize(path, last: int = 10) -> dict:
-    """Summary of the checkpoint at ``path`` (a directory: its newest valid file);
-    ``last``: evaluations in the stability metric."""
-    file, tree = load_checkpoint(Path(path))
+    """Summary of the checkpoint at ``path`` (a directory: its newest valid file, and
+    the damaged files skipped on the way); ``last``: evaluations in the stability metric."""
+    loaded = find_checkpoint(Path(path))
+    file, tree = loaded.file, loaded.tree
     try:
         config = json.loads(tree.get("config", "{}"))
     except ValueError:
@@ -129,6 +132,8 @@ def summarize(path, last: int = 10) -> dict:
         "format_version": tree.get("format_version"),
         "n_params": int(tree["model"]["params"].size),
         "config": config,
+        "checksums": _checksum_status(tree, loaded.checksums),
+        "skipped": [{"file": str(p), "reason": why} for p, why in loaded.skipped],
     }
 
     # ---- evaluation rows
@@ -136,22 +141,25 @@ def summarize(path, last: int = 10) -> dict:
     n_eval = min((v.size for v in ev_cols.values()), default=0)
     out["evals"] = n_eval
     out["last_eval"] = {k: _num(v[n_eval - 1]) for k, v in ev_cols.items()} if n_eval else None
+    out["test_rows"] = tree.get("test_rows")
+    out["test_split"] = _has_test_split(tree, ev)
+    if not out["test_split"] and out["last_eval"]:
+        for name in _TEST_METRICS:
+            out["last_eval"].pop(name, None)
     acc = _col(ev, "test_accuracy")
     best = None
-    if acc is not None and acc.size and np.isfinite(acc).any():
+    if out["test_split"] and acc is not None and acc.size and np.isfinite(acc).any():
         i = int(np.nanargmax(np.where(np.isfinite(acc), acc, np.nan)))
         upd = _col(ev, "update")
         best = {"value": float(acc[i]), "update": _num(upd[i]) if upd is not None else None}
     out["best_test_accuracy"] = best
-    out["stability"] = stability(ev, last)
+    out["stability"] = stability(ev, last) if out["test_split"] else None
 
     # ---- trace
     n_trace = min((v.size for v in trace.values() if isinstance(v, np.ndarray)), default=0)
     out["updates_traced"] = n_trace
-    known = {"update", "wall_time", "sim_time", "worker", "staleness", "step_size", "k",
-             "batch", "samples_computed", "messages"}
     out["extra_trace_columns"] = sorted(k for k, v in trace.items()
-                                        if isinstance(v, np.ndarray) and k not in known)
+                                        if isinstance(v, np.ndarray) and k not in TRACE_COLUMNS)
 
     stale = _col(trace, "staleness")
     if stale is not None and stale.size:
@@ -226,6 +234,27 @@ def summarize(path, last: int = 10) -> dict:
         "sim_time_end": float(sim[-1]) if sim is not None and sim.size else None,
     }
     return out
+
+
+_TEST_METRICS = ("test_loss", "test_accuracy")
+
+
+def _has_test_split(tree: dict, ev: dict) -> bool:
+    """False when the run had no test rows: the root attribute ``test_rows`` is 0 (files
+    written before it existed lack it), or every test metric of every evaluation is NaN."""
+    if tree.get("test_rows") == 0:
+        return False
+    cols = [c for c in (_col(ev, name) for name in _TEST_METRICS) if c is not None and c.size]
+    return not cols or any(np.isfinite(c).any() for c in cols)
+
+
+def _checksum_status(tree: dict, report) -> dict:
+    """Files of format 1 have no checksums (the loader lets them in unchecked); in a
+    newer file that loaded, every checksum matched."""
+    version = tree["format_version"]
+    status = ("verified" if version >= FIRST_CHECKSUMMED_VERSION else
+              f"none (format {version}, written before checksums: loaded unchecked)")
+    return {"verified": report.verified, "status": status}
 
 
 def _step_vs_fixed(config: dict | None, steps: np.ndarray | None, stale: np.ndarray | None) -> dict | None:
@@ -305,6 +334,10 @@ def _config_line(config: dict) -> str:
     return " ".join(parts) if parts else "-"
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def format_summary(s: dict) -> str:
     rows: list[tuple[str, str]] = []
     add = lambda k, v: rows.append((k, v))  # noqa: E731
@@ -314,9 +347,17 @@ def format_summary(s: dict) -> str:
     add("progress", f"update {_fmt(s['update'])}, epoch {_fmt(s['epoch'])}, "
                     f"{s['n_params']} parameters, created {s['created'] or '-'}")
     add("config", _config_line(s["config"]))
+    sums = s.get("checksums")
+    if sums:
+        add("checksums", f"verified ({sums['verified']} datasets and groups)" if sums["status"] == "verified"
+            else sums["status"])
+    for skip in s.get("skipped") or []:
+        add("skipped", f"{skip['file']}: {skip['reason']}")
     le = s["last_eval"]
     if le:
-        keys = [k for k in ("train_loss", "test_loss", "test_accuracy", "grad_norm") if k in le]
+        # a regression run's accuracy is NaN throughout: not a result worth a column
+        keys = [k for k in ("train_loss", "test_loss", "test_accuracy", "grad_norm") if k in le
+                and not (k == "test_accuracy" and not s["best_test_accuracy"] and not _finite(le[k]))]
         extra = "  ".join(f"{k} {_fmt(le[k])}" for k in keys)
         add("last eval", f"update {_fmt(le.get('update'))}, epoch {_fmt(le.get('epoch'))}: {extra}")
     else:
@@ -324,6 +365,9 @@ def format_summary(s: dict) -> str:
     b = s["best_test_accuracy"]
     if b:
         add("best acc", f"{_fmt(b['value'])} at update {_fmt(b['update'])}  ({s['evals']} evaluations)")
+    elif not s.get("test_split", True):
+        add("test", "no test split" + (" (test_rows = 0)" if s.get("test_rows") == 0 else
+                                       " (every test metric is NaN)"))
     sb = s.get("stability")
     if sb:
         parts = [f"{n} std {_fmt(sb[n + '_std'], 3)} (detrended {_fmt(sb[n + '_detrended_std'], 3)}, "

@@ -12,6 +12,7 @@ from hpcsgd import checkpoint as ck
 from hpcsgd import inspect as hin
 from hpcsgd import plot as hplot
 from hpcsgd.errors import UserError
+from test_checkpoint import _flip_bit, _strip_checksums, with_engine_state
 
 N_TRACE = 60
 N_EVAL = 5
@@ -36,13 +37,12 @@ def fake_tree(update=120, seed=0, workers=4, clock="simulated", vary_k=False,
     config = {"run": {"seed": seed, "clock": clock}, "data": {"source": "digits"},
               "model": {"kind": "least_squares" if regression else "softmax"},
               "method": {"kind": "adaptive_kb" if vary_k else "async", "lr": 0.1},
-              "order": {"kind": "grab", "batch": 8}}
+              "order": {"kind": "rr" if vary_k else "grab", "batch": 8}}
     tree = {
         "update": update, "epoch": update / 50.0,
         "method": "adaptive_kb" if vary_k else "async",
         "world_size": workers + 1, "config": json.dumps(config), "clock": clock,
         "model": {"params": rng.standard_normal(20)},
-        "rng": {"master": json.dumps({"state": 1})},
         "order": {"perm": perm},
         "trace": {
             "update": np.arange(update - n + 1, update + 1, dtype=np.int64),
@@ -70,7 +70,7 @@ def fake_tree(update=120, seed=0, workers=4, clock="simulated", vary_k=False,
     }
     if history:
         tree["order"]["history"] = np.stack([perm] * 3)
-    return tree
+    return with_engine_state(tree, seed)
 
 
 def save(tmp_path, name, **kw):
@@ -291,3 +291,101 @@ def test_config_line_shows_the_keys_the_method_reads():
     fastest = _config_line({"method": {**unused, "kind": "fastest_k", "momentum": 0.9}})
     assert fastest == "method.kind=fastest_k method.lr=0.1 method.k=3 method.momentum=0.9"
     assert _config_line({"method": {**unused, "kind": "sync"}}) == "method.kind=sync method.lr=0.1"
+
+
+# ------------------------------------------------------------------ inspect: damage
+def test_inspect_dir_reports_the_damaged_newer_checkpoints_it_skipped(tmp_path, capsys):
+    d = tmp_path / "run"
+    good = ck.save_checkpoint(d, fake_tree(update=100, seed=1), keep=5)
+    flipped = ck.save_checkpoint(d, fake_tree(update=110), keep=5)
+    truncated = ck.save_checkpoint(d, fake_tree(update=120), keep=5)
+    _flip_bit(flipped, "model/params")
+    truncated.write_bytes(truncated.read_bytes()[:1000])
+
+    s = hin.summarize(d)
+    assert s["file"] == str(good) and s["update"] == 100
+    assert [k["file"] for k in s["skipped"]] == [str(truncated), str(flipped)]
+    assert s["skipped"][1]["reason"] == "the file is damaged: checksum mismatch in /model/params"
+    assert s["skipped"][0]["reason"].startswith("cannot open as HDF5")
+    assert s["checksums"]["status"] == "verified" and s["checksums"]["verified"] > 50
+    assert capsys.readouterr().err == ""  # reported in the summary, not as warnings
+
+    assert hin.main_inspect(str(d), as_json=False) == 0
+    lines = capsys.readouterr().out.splitlines()
+    skipped = [line for line in lines if line.startswith("skipped")]
+    assert len(skipped) == 2
+    assert skipped[1].split(None, 1)[1] == f"{flipped}: the file is damaged: checksum mismatch in /model/params"
+    assert str(truncated) in skipped[0] and "cannot open as HDF5" in skipped[0]
+    assert any(line.startswith("checksums") and "verified" in line for line in lines)
+
+    assert hin.main_inspect(str(d), as_json=True) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["skipped"] == s["skipped"] and data["file"] == str(good)
+
+
+def test_inspect_of_a_damaged_file_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+    d = tmp_path / "run"
+    path = ck.save_checkpoint(d, fake_tree(), keep=5)
+    _flip_bit(path, "trace/step_size", byte=9)
+    proc = subprocess.run([sys.executable, "-m", "hpcsgd", "inspect", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == (f"hpcsgd: error: {path}: not a valid hpcsgd checkpoint "
+                           f"(the file is damaged: checksum mismatch in /trace/step_size)\n")
+
+
+def test_inspect_says_when_a_file_carries_no_checksums(tmp_path, capsys):
+    d, _ = save(tmp_path, "old")
+    _strip_checksums(d / "ckpt-000000120.h5")
+    s = hin.summarize(d)
+    assert s["checksums"]["verified"] == 0
+    assert s["checksums"]["status"].startswith("none (format 1")
+    text = hin.format_summary(s)
+    line, = [line for line in text.splitlines() if line.startswith("checksums")]
+    assert line.split(None, 1)[1] == "none (format 1, written before checksums: loaded unchecked)"
+
+
+def test_standard_trace_columns_come_from_the_trace_table(tmp_path):
+    from hpcsgd.trace import TRACE_COLUMNS
+    d, tree = save(tmp_path, "run_a")
+    assert "compute_seconds" in tree["trace"] and "compute_seconds" in TRACE_COLUMNS
+    s = hin.summarize(d)
+    assert s["extra_trace_columns"] == ["stage"]
+    assert "extra columns: stage" in hin.format_summary(s)
+
+
+@pytest.mark.parametrize("why", ["test_rows = 0", "all NaN"])
+def test_no_test_split_is_said_not_printed_as_nan(tmp_path, capsys, why):
+    tree = fake_tree()
+    if why == "test_rows = 0":
+        tree["test_rows"] = 0
+        tree["eval"]["test_loss"][:] = 0.0  # whatever the engine reports for no rows
+        tree["eval"]["test_accuracy"][:] = 0.0
+    else:
+        tree["eval"]["test_loss"][:] = np.nan
+        tree["eval"]["test_accuracy"][:] = np.nan
+    ck.save_checkpoint(tmp_path / "run", tree)
+    s = hin.summarize(tmp_path / "run")
+    assert s["test_split"] is False and s["best_test_accuracy"] is None and s["stability"] is None
+    assert "test_accuracy" not in s["last_eval"] and "test_loss" not in s["last_eval"]
+    assert s["last_eval"]["train_loss"] == pytest.approx(0.05)
+    assert hin.main_inspect(str(tmp_path / "run"), as_json=False) == 0
+    text = capsys.readouterr().out
+    assert "test_accuracy" not in text and "test_loss" not in text and "best acc" not in text
+    test_line, = [line for line in text.splitlines() if line.startswith("test ")]
+    assert test_line.split(None, 1)[1] == ("no test split (test_rows = 0)" if why == "test_rows = 0"
+                                           else "no test split (every test metric is NaN)")
+    data = json.loads(hin.summary_json(s))
+    assert data["test_split"] is False
+
+
+def test_a_test_split_is_reported_as_before(tmp_path):
+    tree = fake_tree()
+    tree["test_rows"] = 120
+    ck.save_checkpoint(tmp_path / "run", tree)
+    s = hin.summarize(tmp_path / "run")
+    assert s["test_split"] is True and s["test_rows"] == 120
+    assert s["best_test_accuracy"] == {"value": 0.8, "update": int(tree["eval"]["update"][2])}
+    assert "no test split" not in hin.format_summary(s)
