@@ -332,12 +332,18 @@ def _check_value(table: str, name: str, value: Any) -> Any:
     return value
 
 
+def _name(text: str) -> str:
+    """An unknown table or key name as written, quoted when it is not plain (a newline in
+    it must not break the one-line message)."""
+    return text if text.replace("_", "a").isalnum() and text.isascii() else _show(text)
+
+
 def merge(base: dict, table: str, name: str, value: Any) -> None:
     if table not in SCHEMA:
-        raise UserError(f"config: unknown table [{table}] (allowed: {', '.join(TABLES)})")
+        raise UserError(f"config: unknown table [{_name(table)}] (allowed: {', '.join(TABLES)})")
     if name not in SCHEMA[table]:
         allowed = ", ".join(SCHEMA[table])
-        raise UserError(f"config: unknown key {table}.{name} (allowed in [{table}]: {allowed})")
+        raise UserError(f"config: unknown key {table}.{_name(name)} (allowed in [{table}]: {allowed})")
     base[table][name] = _check_value(table, name, value)
 
 
@@ -523,7 +529,7 @@ def resolve_checked(raw: dict, overrides: list[str] = (), origin: str = "config"
     explicit: dict[tuple[str, str], None] = {}  # ordered set
     for table, body in raw.items():
         if table not in SCHEMA:
-            raise UserError(f"{origin}: unknown table [{table}] (allowed tables: {', '.join(TABLES)})")
+            raise UserError(f"{origin}: unknown table [{_name(table)}] (allowed tables: {', '.join(TABLES)})")
         if not isinstance(body, dict):
             raise UserError(f"{origin}: {table!r} must be a table like [{table}] "
                             f"(allowed tables: {', '.join(TABLES)})")
