@@ -93,7 +93,6 @@ _DAMAGE_ERRORS = (OSError, ValueError, LookupError, TypeError, RuntimeError, Ari
 # The state/engine entries Master.load_state reads.
 ENGINE_INTS = ("version", "seq", "arrivals", "row_samples", "row_messages")
 ENGINE_NUMBERS = ("sim_now", "wall_time", "row_compute", "busy_seconds", "wait_seconds")
-ENGINE_ARRAYS = ("worker_end", "contributions", "mirror_pos", "mirror_started", "pending")
 INFLIGHT_ARRAYS = ("jobs", "times", "results")
 # RNG streams per rank (JSON bit-generator states) that a resume restores.
 MASTER_STREAMS = ("method",)
@@ -690,14 +689,19 @@ def find_checkpoint(path: Path, check: Callable[[dict], None] | None = None) -> 
         directory = path.parent
     else:
         if not path.is_file():
-            raise UserError(f"{path}: not a valid hpcsgd checkpoint (not a regular file)")
+            what = (f"a symlink to {os.readlink(path)}, which does not exist" if path.is_symlink()
+                    and not path.exists() else "not a regular file")
+            raise UserError(f"{path}: not a valid hpcsgd checkpoint ({what})")
         report = ChecksumReport()
         try:
             return Loaded(path, _read_checkpoint(path, check, report), report, [])
         except ValueError as exc:
             raise UserError(f"{path}: not a valid hpcsgd checkpoint ({exc})") from None
 
-    cands, skipped = _directory_candidates(directory)
+    try:
+        cands, skipped = _directory_candidates(directory)
+    except OSError as exc:
+        raise UserError(f"cannot list the run directory {directory} ({exc.strerror or exc})") from None
     if not cands and not skipped:
         raise UserError(f"no checkpoint in {directory} (expected ckpt-<update>.h5 files)")
     for cand in cands:

@@ -688,3 +688,15 @@ def test_validate_tree_accepts_each_engine_method_name(tmp_path):
         tree["method"] = "async" if kind != "async" else "sync"
         with pytest.raises(ValueError, match="method.kind"):
             ck.validate_tree(tree)
+
+
+def test_a_named_file_that_is_no_checkpoint_file(tmp_path):
+    os.symlink("ckpt-000000100.h5", tmp_path / "mine.h5")
+    with pytest.raises(UserError, match=r"mine.h5: not a valid hpcsgd checkpoint \(a symlink to ckpt-000000100.h5, "
+                                        r"which does not exist\)"):
+        ck.load_checkpoint(tmp_path / "mine.h5")
+    (tmp_path / "ckpt-000000200.h5").mkdir()  # a directory with a checkpoint's name
+    older = ck.save_checkpoint(tmp_path, make_tree(update=90), keep=5)
+    loaded = ck.find_checkpoint(tmp_path)
+    assert loaded.file == older
+    assert loaded.skipped == [(tmp_path / "ckpt-000000200.h5", "not a regular file")]
