@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--set", action="append", default=[], metavar="TABLE.KEY=VALUE",
                        help="override one configuration key (repeatable)")
         t.add_argument("--quiet", action="store_true", help="no progress lines")
+        if name == "resume":
+            t.add_argument("--allow-data-change", action="store_true",
+                           help="go on although the data set's contents changed since the checkpoint")
 
     i = sub.add_parser("inspect", help="summarise a checkpoint")
     i.add_argument("path", help="checkpoint file or run directory")
@@ -107,7 +110,14 @@ def _parallel(args) -> int:
     comm = MPI.COMM_WORLD
     if args.command == "train":
         return run.train(comm, args.config, args.set, quiet=args.quiet)
-    return run.resume(comm, args.path, args.set, quiet=args.quiet)
+    return run.resume(comm, args.path, args.set, quiet=args.quiet, allow_data_change=args.allow_data_change)
+
+
+def _rank() -> int:
+    if "mpi4py.MPI" not in sys.modules:
+        return 0
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_rank()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,9 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         status = _parallel(args) if parallel else _serial(args)
     except UserError as exc:
-        # one write per line: mpiexec merges every rank's stderr
-        sys.stderr.write(f"hpcsgd: error: {exc}\n")
-        sys.stderr.flush()
+        # one write per line: mpiexec merges every rank's stderr; an error every rank
+        # shares is printed by rank 0 alone
+        if not (exc.shared and _rank() > 0):
+            sys.stderr.write(f"hpcsgd: error: {exc}\n")
+            sys.stderr.flush()
         status = exc.exit_code
     except KeyboardInterrupt:
         status = 130

@@ -6,9 +6,13 @@ The CLI prints its message as one line and exits with status 2 on every rank.
 
 
 class UserError(Exception):
-    """Bad user input: one clear line, exit status 2, no traceback."""
+    """Bad user input: one clear line, exit status 2, no traceback.
+
+    ``shared``: every rank of the job raised this same error (a collective check), so
+    rank 0 alone prints it: one line per job, not one per rank."""
 
     exit_code = 2
+    shared = False
 
 
 class DivergenceError(Exception):

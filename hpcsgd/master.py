@@ -166,7 +166,7 @@ class EpochMirror:
 class Master:
     def __init__(self, comm: MPI.Comm, cfg: dict, model, shard_sizes: list[int], method,
                  run_dir: Path, stop: StopRequest, hosts: list[str] | None = None,
-                 test_rows: int = -1, quiet: bool = False):
+                 test_rows: int = -1, data_fingerprint: str = "", quiet: bool = False):
         self.comm = comm
         self.stop = stop
         self.cfg = cfg
@@ -178,6 +178,7 @@ class Master:
         self.workers = range(1, self.M + 1)
         self.hosts = list(hosts) if hosts else ["?"] * (self.M + 1)  # by rank
         self.test_rows = test_rows
+        self.data_fingerprint = data_fingerprint  # the data set's content hash, kept in checkpoints
         self.simulated = cfg["run"]["clock"] == "simulated"
         self.lr = cfg["method"]["lr"]
         self.beta = cfg["method"]["momentum"]
@@ -572,6 +573,13 @@ class Master:
         if not owing:
             raise RuntimeError(f"the master waits for {what} but no worker owes it anything")
 
+    def overdue_seconds(self) -> list[float]:
+        """Wall clock: per worker (index rank - 1), how long its oldest unanswered job
+        has been out (0 when it owes nothing)."""
+        now = time.monotonic()
+        return [next((now - j.sent_at for j in self.jobs[w] if j.result is None and not j.held), 0.0)
+                for w in self.workers]
+
     def _lagging(self) -> list[int]:
         """Wall clock: workers whose next reply is far later than usual."""
         now = time.monotonic()
@@ -724,7 +732,7 @@ class Master:
         if lagging:
             if self.postponed is None and not self.quiet:
                 print(f"[hpcsgd] checkpoint at update {self.version} postponed: "
-                      f"{self.describe(lagging, time.monotonic())} not answered; training goes on",
+                      f"no reply from {self.describe(lagging, time.monotonic())}; training goes on",
                       flush=True)
             self.postponed = {j: self.last_heard[j] for j in lagging}
             return None
@@ -794,7 +802,7 @@ class Master:
             "update": self.version, "epoch": self.mirror.epoch(), "method": self.method.name,
             "world_size": M + 1, "config": to_json(self.cfg), "clock": self.cfg["run"]["clock"],
             "hpcsgd_version": __version__, "stop_reason": self.stop_reason or "",
-            "test_rows": self.test_rows,
+            "test_rows": self.test_rows, "data_fingerprint": self.data_fingerprint,
             "model": {"params": self.params.copy()},
             "state": {
                 "optimizer": {"momentum": self.momentum.copy()},
@@ -923,7 +931,7 @@ class Master:
         who = self.describe(exc.workers, time.monotonic()) if exc.workers else "no worker"
         resume = f"; resume with: hpcsgd resume {self.run_dir}" if self.last_checkpoint else ""
         sys.stdout.flush()
-        sys.stderr.write(f"hpcsgd: error: {exc} and {who} did not answer; no new checkpoint, "
+        sys.stderr.write(f"hpcsgd: error: no reply from {who}: {exc}; no new checkpoint, "
                          f"{self.last_checkpoint_text()}{resume}\n")
         sys.stderr.flush()
         time.sleep(0.5)  # let mpiexec forward the line before the job is torn down

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from mpi4py import MPI
 from hpcsgd import checkpoint
 from hpcsgd import comm as C
 from hpcsgd.config import check_shards, check_world, from_json, load_config, resume_config, to_json
-from hpcsgd.data import open_dataset, partition, read_labels, read_rows, split_even
+from hpcsgd.data import dataset_fingerprint, open_dataset, partition, read_labels, read_rows, split_even
 from hpcsgd.errors import UserError
 from hpcsgd.kernels import optim
 from hpcsgd.master import Master
@@ -38,7 +39,12 @@ def _collective(comm: MPI.Comm, fn, *args):
         message = str(exc)
     first = C.first_error(comm, message)
     if first is not None:
-        raise UserError(first)
+        if message and message != first:  # this rank failed differently: say so too
+            sys.stderr.write(f"hpcsgd: error (rank {comm.Get_rank()}): {message}\n")
+            sys.stderr.flush()
+        exc = UserError(first)
+        exc.shared = True
+        raise exc
     return value
 
 
@@ -108,7 +114,9 @@ def _setup(comm: MPI.Comm, cfg: dict):
         test = split_even(info.n_test, M)[rank - 1]
         X_test, y_test = read_rows(info, "test", test)
         local = (X, y, X_test, y_test)
-    return model, sizes, local, {"train_rows": info.n_train, "test_rows": info.n_test}
+    data = {"train_rows": info.n_train, "test_rows": info.n_test, "path": str(info.path),
+            "fingerprint": dataset_fingerprint(info) if rank == 0 else ""}
+    return model, sizes, local, data
 
 
 def _estimate_L(comm: MPI.Comm, model, X: np.ndarray | None) -> float:
@@ -142,6 +150,23 @@ def _check_resumable(tree: dict | None, world_size: int, path: Path | None) -> N
                         f"{world_size}; resume with mpiexec -n {tree['world_size']}")
 
 
+def _check_same_data(tree: dict, path: Path, data: dict, dim: int, allow_change: bool) -> None:
+    """A resume continues on the data it was trained on: the same number of parameters
+    always, the same contents (content hash) unless the user says otherwise."""
+    if tree is None:
+        return  # a fresh run
+    params = tree["model"]["params"].size
+    if params != dim:
+        raise UserError(f"data.source: {data['path']} gives a model of {dim} parameters, but checkpoint "
+                        f"{path} holds {params}: the data set changed shape since the run started")
+    stored = tree.get("data_fingerprint", "")
+    if stored and stored != data["fingerprint"] and not allow_change:
+        raise UserError(f"data.source: {data['path']} is not the data set checkpoint {path} was trained on "
+                        f"(content hash {data['fingerprint'][:12]} now, {stored[:12]} then: re-made or "
+                        f"replaced); resume with the original file, or add --allow-data-change to go on "
+                        f"with this one")
+
+
 def _threads(cfg: dict) -> None:
     n = cfg["run"]["threads"] or int(os.environ.get("SLURM_CPUS_PER_TASK", "1") or 1)
     try:
@@ -152,7 +177,7 @@ def _threads(cfg: dict) -> None:
 
 
 def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
-            resume_path: Path | None = None, quiet: bool = False) -> int:
+            resume_path: Path | None = None, quiet: bool = False, allow_data_change: bool = False) -> int:
     """Run a job on every rank of ``comm``; ``cfg`` is only needed on rank 0."""
     rank = comm.Get_rank()
     cfg = from_json(C.bcast_text(comm, to_json(cfg) if rank == 0 else None))
@@ -161,6 +186,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     _threads(cfg)
     C.fine_timer_slack()
     model, sizes, local, rows = _collective(comm, _setup, comm, cfg)
+    _on_root(comm, _check_same_data, resume_tree, resume_path, rows, model.dim, allow_data_change)
     hosts = comm.gather(MPI.Get_processor_name(), root=0)  # names the silent ones, if any
     M = comm.Get_size() - 1
     if cfg["run"]["eval_every"] == 0 and not cfg["run"]["eval_seconds"]:
@@ -183,7 +209,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         # starts up (hpcsgd-job.sh); the stop that honours it removes it.
         stop = StopRequest(run_dir)
         master = Master(comm, cfg, model, sizes, method, run_dir, stop, hosts=hosts,
-                        test_rows=rows["test_rows"], quiet=quiet)
+                        test_rows=rows["test_rows"], data_fingerprint=rows["fingerprint"], quiet=quiet)
         if resume_tree is None:
             init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
             master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
@@ -247,19 +273,37 @@ def train(comm: MPI.Comm, config_path: str, overrides: list[str], quiet: bool = 
     return run_job(comm, _on_root(comm, load_config, config_path, overrides), quiet=quiet)
 
 
-def resume(comm: MPI.Comm, path: str, overrides: list[str], quiet: bool = False) -> int:
+def _check_resume_target(home: Path, out: Path) -> None:
+    """A resume continues in its own run directory, or in a new empty one: never in
+    another run's, whose checkpoints its retention would delete."""
+    if out.resolve() == home.resolve() or not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"run.out {out} is a file; a resume continues in its own run directory ({home}) "
+                        f"or in a new empty one")
+    if any(out.iterdir()):
+        raise UserError(f"run.out {out} is not empty; a resume continues in its own run directory "
+                        f"({home}) or in a new empty one, never in another run's")
+
+
+def resume(comm: MPI.Comm, path: str, overrides: list[str], quiet: bool = False,
+           allow_data_change: bool = False) -> int:
     def load():
         file, tree = checkpoint.load_checkpoint(Path(path))
         stored = from_json(tree["config"])
         cfg = resume_config(stored, overrides)
-        if not any(o.startswith("run.out=") for o in overrides):
-            cfg["run"]["out"] = str(file.parent)
+        home = file.parent
+        if any(o.startswith("run.out=") for o in overrides):
+            _check_resume_target(home, Path(cfg["run"]["out"]))
+        else:
+            cfg["run"]["out"] = str(home)
         return file, tree, cfg
 
     loaded = _on_root(comm, load)
     if loaded is None:
-        return run_job(comm, None, quiet=quiet)
+        return run_job(comm, None, quiet=quiet, allow_data_change=allow_data_change)
     file, tree, cfg = loaded
     if not quiet:
         print(f"[hpcsgd] resuming from {file} (update {tree['update']})", flush=True)
-    return run_job(comm, cfg, resume_tree=tree, resume_path=file, quiet=quiet)
+    return run_job(comm, cfg, resume_tree=tree, resume_path=file, quiet=quiet,
+                   allow_data_change=allow_data_change)

@@ -5,8 +5,10 @@ newest checkpoint."""
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,12 +28,12 @@ def job_env(**extra: str) -> dict:
 
 
 def start(cfg: Path, out: Path, *settings: str, command: str = "train", env: dict | None = None,
-          new_session: bool = False) -> subprocess.Popen:
-    """``hpcsgd train cfg`` into ``out`` (or ``hpcsgd resume out``) on 3 ranks; output
+          new_session: bool = False, n: int = 3, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``hpcsgd train cfg`` into ``out`` (or ``hpcsgd resume out``) on ``n`` ranks; output
     merged into ``proc.stdout``.  ``new_session``: the job gets its own process group,
-    so that ``os.killpg`` reaches mpiexec and every rank."""
+    so that ``os.killpg`` reaches mpiexec and every rank.  ``extra``: more arguments."""
     target = str(out) if command == "resume" else str(cfg)
-    cmd = hpcsgd_command(command, target, *[a for s in settings for a in ("--set", s)])
+    cmd = hpcsgd_command(command, target, *[a for s in settings for a in ("--set", s)], *extra, n=n)
     if command == "train":
         cmd += ["--set", f"run.out='{out}'"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -91,3 +93,83 @@ model = "exp"
 comm_mean = 1.0
 """)
     return cfg
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def rank_pid(mpiexec_pid: int, rank: int) -> int:
+    """The pid of one MPI rank among mpiexec's descendants (MPICH sets PMI_RANK)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            is_rank = f"PMI_RANK={rank}".encode() in (entry / "environ").read_bytes().split(b"\0")
+            pid = int(entry.name)
+            while is_rank and pid > 1 and pid != mpiexec_pid:
+                pid = parent(pid)
+        except OSError:
+            continue
+        if is_rank and pid == mpiexec_pid:
+            return int(entry.name)
+    raise AssertionError(f"rank {rank} of mpiexec {mpiexec_pid} not found")
+
+
+class Lines:
+    """A job's output lines as they come, each with the monotonic time it was read
+    (a reader thread: the job may go quiet, the test must not block)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.seen: list[tuple[float, str]] = []
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put((time.monotonic(), line))
+        self._queue.put(None)
+
+    def _pull(self, timeout: float) -> bool:
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return True
+        if item is None:
+            return False
+        self.seen.append(item)
+        return True
+
+    def wait_for(self, needle: str, timeout: float = 120) -> str:
+        end = time.monotonic() + timeout
+        checked = 0
+        while time.monotonic() < end:
+            for _, line in self.seen[checked:]:
+                if needle in line:
+                    return line
+            checked = len(self.seen)
+            if not self._pull(0.1):
+                break
+        raise AssertionError(f"no line with {needle!r} in:\n{self.text()}")
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        end = time.monotonic() + timeout
+        while self._pull(max(0.0, end - time.monotonic())):
+            if time.monotonic() >= end:
+                self.proc.kill()
+                raise AssertionError(f"job did not end within {timeout} s:\n{self.text()}")
+        return self.proc.wait(timeout=10), self.text()
+
+    def text(self) -> str:
+        return "".join(line for _, line in self.seen)
+
+    def updates_at(self, t: float) -> int:
+        """The update count of the last progress line read before ``t``."""
+        last = 0
+        for when, line in self.seen:
+            if when > t:
+                break
+            if line.startswith("[hpcsgd] update "):
+                last = int(line.split()[2])
+        return last

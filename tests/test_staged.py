@@ -31,6 +31,11 @@ class FakeEngine:
     def cancel_jobs_before(self, version):
         pass
 
+    def overdue_seconds(self):
+        return self.overdue
+
+    overdue = None
+
 
 def feed(method, engine, grads_per_round):
     """Each round: one result per worker, in rank order, all at the current version."""
@@ -167,6 +172,27 @@ def test_wall_clock_adaptive_kb_measures_everyone_then_chooses():
         feed(m, eng, [[[1.0, 0.0]] * M])
     assert m.informed and m.k < M, (m.k, m.batch)  # worker 1 is 50x slower: leave it out
     assert (m.k, m.batch) == m.times.best_kb(32, 10**6)
+
+
+def test_a_worker_that_stopped_answering_is_measured_as_slow():
+    """Its fast past replies say nothing about a job it has owed for 30 s: every draw of
+    its response time is at least that, so the next (k, b) leaves it out."""
+    M = 4
+    m, eng = adaptive_kb(M, [32], clock="wall", refresh_every=1), FakeEngine()
+    job = SimpleNamespace(cancelled=False, t_assign=0.0, t_done=0.0)
+    for rep in range(2):
+        for j in range(1, M + 1):
+            r = SimpleNamespace(worker=j, batch=8, compute_seconds=1e-5, duration=0.01, delay_comm=0.002)
+            m.observe(job, r)
+        eng.overdue = [0.0] * M
+        feed(m, eng, [[[1.0, 0.0]] * M])
+    assert m.k == M  # equal workers: wait for all with the smallest batch
+    eng.overdue = [0.0, 30.0, 0.0, 0.0]  # worker 2 froze
+    feed(m, eng, [[[1.0, 0.0]] * M])
+    assert m.k < M and m.times.mu(M, 8) >= 30.0, (m.k, m.batch)
+    copy = MeasuredTimeModel(M, seed=0, samples=m.times.samples)
+    copy.load_state_dict(m.times.state_dict())
+    assert copy.mu(M, 8) == m.times.mu(M, 8)
 
 
 def test_pflug_test_is_quiet_in_the_transient_and_fires_near_the_floor():

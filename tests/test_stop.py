@@ -9,36 +9,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hpcsgd.stop import StopRequest
-from launch import digits_job, finish, load, start, wait_for_line
+from launch import digits_job, finish, load, rank_pid, start, wait_for_line
 
 UPDATES = 4000
-
-
-def parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def rank_pid(mpiexec_pid: int, rank: int) -> int:
-    """The pid of one MPI rank among mpiexec's descendants (MPICH sets PMI_RANK)."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            is_rank = f"PMI_RANK={rank}".encode() in (entry / "environ").read_bytes().split(b"\0")
-            pid = int(entry.name)
-            while is_rank and pid > 1 and pid != mpiexec_pid:
-                pid = parent(pid)
-        except OSError:
-            continue
-        if is_rank and pid == mpiexec_pid:
-            return int(entry.name)
-    raise AssertionError(f"rank {rank} of mpiexec {mpiexec_pid} not found")
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ class FastestK(Method):
             return []
         engine.apply(total, contributors=self.contributors, staleness=engine.version - r.version,
                      batch=self.batch, scale=1.0 / self.k, extra=self.trace_extra())
-        self.after_update(total, 1.0 / self.k)
+        self.after_update(engine, total, 1.0 / self.k)
         engine.cancel_jobs_before(engine.version)
         if self.signs is not None and self.diffs.shape[1]:
             # Workers need the signs only to finish the next epoch's order: compute them
@@ -73,7 +73,7 @@ class FastestK(Method):
         """Extra trace columns for this update (subclasses add e.g. a stage)."""
         return None
 
-    def after_update(self, total: np.ndarray, scale: float) -> None:
+    def after_update(self, engine, total: np.ndarray, scale: float) -> None:
         """Called with the applied gradient (scale * total) before its buffer is reused."""
 
     def flush(self, engine) -> None:

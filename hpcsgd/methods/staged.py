@@ -89,7 +89,7 @@ class StagedFastestK(FastestK):
         per_sample = (r.compute_seconds + r.duration - r.delay_comm) / r.batch
         self.times.observe(r.worker, r.delay_comm + self.last_overhead[r.worker], per_sample)
 
-    def after_update(self, total: np.ndarray, scale: float) -> None:
+    def after_update(self, engine, total: np.ndarray, scale: float) -> None:
         if self.switch.fires(total, scale) and self.stage + 1 < len(self.targets):
             self.stage += 1
             self.k, self.batch = self._choose(self.stage)
@@ -105,7 +105,9 @@ class StagedFastestK(FastestK):
         if due:
             self.informed = True
             self.since_refresh = 0
-            self.times.refresh()
+            # a job out for t seconds says its worker takes at least t: a frozen worker
+            # is seen as slow at once, not only after it answers
+            self.times.refresh(overdue=engine.overdue_seconds())
             self.k, self.batch = self._choose(self.stage)
             if self.bound is not None:
                 self.switch.enter(*self._levels())

@@ -106,8 +106,10 @@ class MeasuredTimeModel(_KthOrderTimes):
 
     Each worker keeps its last ``window`` jobs as (communication seconds, compute seconds
     per sample); a Monte Carlo draw of worker j's time for b samples picks one of its
-    pairs at random and takes c + b * p.  ``refresh()`` starts a new generation of
-    estimates from whatever has been measured since.
+    pairs at random and takes c + b * p.  ``refresh(overdue)`` starts a new generation of
+    estimates from whatever has been measured since; ``overdue[j - 1]`` is how long
+    worker j's oldest unanswered job has been out, a lower bound on its response time
+    that every draw of it respects (a worker that stopped answering is not fast).
     """
 
     def __init__(self, n_workers: int, seed: int, samples: int = 4000, window: int = 64):
@@ -116,6 +118,7 @@ class MeasuredTimeModel(_KthOrderTimes):
         self.comm = np.zeros((n_workers, window))
         self.per_sample = np.zeros((n_workers, window))
         self.count = np.zeros(n_workers, dtype=np.int64)  # jobs seen per worker
+        self.overdue = np.zeros(n_workers)
         self.generation = 0
 
     def observe(self, worker: int, comm: float, per_sample: float) -> None:
@@ -128,8 +131,9 @@ class MeasuredTimeModel(_KthOrderTimes):
         """Jobs measured on the least-measured worker."""
         return int(self.count.min())
 
-    def refresh(self) -> None:
+    def refresh(self, overdue=None) -> None:
         self.generation += 1
+        self.overdue[:] = 0.0 if overdue is None else overdue
         self.sorted_times.clear()
 
     def _draws(self, b: int) -> np.ndarray:
@@ -141,16 +145,17 @@ class MeasuredTimeModel(_KthOrderTimes):
                 out[:, i] = np.inf  # never measured: assume the worst
                 continue
             pick = rng.integers(0, n, size=self.samples)
-            out[:, i] = self.comm[i, pick] + b * self.per_sample[i, pick]
+            out[:, i] = np.maximum(self.comm[i, pick] + b * self.per_sample[i, pick], self.overdue[i])
         return out
 
     def state_dict(self) -> dict:
         return {"comm": self.comm.copy(), "per_sample": self.per_sample.copy(),
-                "count": self.count.copy(), "generation": self.generation}
+                "count": self.count.copy(), "overdue": self.overdue.copy(), "generation": self.generation}
 
     def load_state_dict(self, state: dict) -> None:
         self.comm[:] = state["comm"]
         self.per_sample[:] = state["per_sample"]
         self.count[:] = state["count"]
+        self.overdue[:] = state.get("overdue", 0.0)
         self.generation = int(state["generation"])
         self.sorted_times.clear()

@@ -1,0 +1,154 @@
+"""Faults under mpiexec, each job its own mpiexec on 5 ranks (4 workers), wall clock:
+
+- a worker frozen by SIGSTOP does not stop what can go on without it (fastest-k with
+  k = M - 1, adaptive (k, b), asynchronous SGD): updates keep coming during the freeze,
+  and a checkpoint that falls due meanwhile is postponed, not waited for;
+- where the method needs the frozen worker (synchronous SGD), the watchdog
+  (run.worker_timeout) ends the job with exit status 4, naming the worker and its host,
+  the last checkpoint intact;
+- a stop request while the master waits for a reply that never comes ends the job
+  after run.stop_timeout with exit status 4 and the last checkpoint intact.
+
+Figures (update rates before and during the freeze) are printed; run with -s to see them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from hpcsgd.checkpoint import list_checkpoints, load_checkpoint
+from hpcsgd.data import prepare
+from launch import Lines, rank_pid, start
+
+FROZEN = 2  # the rank that gets SIGSTOP
+
+
+def wall_job(base: Path, **method) -> Path:
+    if not (base / "digits.h5").exists():
+        prepare("digits", data_dir=base)
+    keys = {"kind": '"fastest_k"', "lr": 0.1, **method}
+    cfg = base / "job.toml"
+    cfg.write_text(f"""[run]
+clock = "wall"
+epochs = 0
+max_seconds = 13
+eval_every = 400
+progress_every = 0.25
+checkpoint_every = 250
+keep_checkpoints = 50
+[data]
+source = "digits"
+dir = "{base}"
+[model]
+kind = "softmax"
+[method]
+""" + "".join(f"{k} = {v}\n" for k, v in keys.items()) + """[order]
+batch = 8
+[stragglers]
+model = "fixed"
+comm_mean = 0.002
+""")
+    return cfg
+
+
+def freeze(proc, rank: int) -> int:
+    pid = rank_pid(proc.pid, rank)
+    os.kill(pid, signal.SIGSTOP)
+    return pid
+
+
+def thaw(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.parametrize("method", [
+    {"kind": '"fastest_k"', "k": 3},
+    {"kind": '"adaptive_kb"', "targets": "[24]", "refresh_every": 10},
+    {"kind": '"async"', "assign": '"pure"', "lr": 0.05},
+], ids=["fastest_k", "adaptive_kb", "async"])
+def test_a_frozen_worker_does_not_stop_what_can_go_on(tmp_path, method):
+    cfg = wall_job(tmp_path, **method)
+    out = tmp_path / "run"
+    lines = Lines(start(cfg, out, n=5))
+    lines.wait_for("[hpcsgd] update", timeout=60)
+    time.sleep(2.0)
+    frozen_at = time.monotonic()
+    pid = freeze(lines.proc, FROZEN)
+    try:
+        time.sleep(6.0)
+    finally:
+        thawed_at = time.monotonic()
+        thaw(pid)
+    rc, text = lines.finish(timeout=90)
+    assert rc == 0, text
+    before = (lines.updates_at(frozen_at) - lines.updates_at(frozen_at - 2.0)) / 2.0
+    during = (lines.updates_at(thawed_at) - lines.updates_at(frozen_at + 1.0)) / (thawed_at - frozen_at - 1.0)
+    print(f"\n{method['kind'].strip('\"')}: {before:.0f} updates/s before the freeze, {during:.0f} during it "
+          f"({during / before:.2f} of before)")
+    assert before > 20, text
+    assert during > 0.2 * before, f"updates stalled during the freeze: {before:.0f} -> {during:.0f}/s\n{text}"
+    # checkpoints fall due every 250 updates: one came due while the worker was frozen
+    assert "postponed: no reply from worker 2" in text, text
+    written = [int(p.name[5:14]) for p in list_checkpoints(out)]
+    assert any(u % 250 for u in written[1:]), f"the postponed checkpoint was never written: {written}"
+    load_checkpoint(out)
+
+
+def test_the_watchdog_ends_a_job_that_cannot_go_on_and_names_the_worker(tmp_path):
+    cfg = wall_job(tmp_path, kind='"sync"')
+    out = tmp_path / "run"
+    lines = Lines(start(cfg, out, "run.worker_timeout=3", "run.max_seconds=60", n=5))
+    lines.wait_for("[hpcsgd] update", timeout=60)
+    time.sleep(1.0)
+    newest = list_checkpoints(out)[0]
+    pid = freeze(lines.proc, FROZEN)
+    frozen_at = time.monotonic()
+    try:
+        rc, text = lines.finish(timeout=60)
+    finally:
+        thaw(pid)
+    took = time.monotonic() - frozen_at
+    print(f"\nwatchdog: exit {rc} {took:.1f} s after the freeze (run.worker_timeout = 3)")
+    assert rc == 4, text
+    assert 3.0 <= took < 15.0, text
+    host = socket.gethostname()
+    line = next(x for x in text.splitlines() if x.startswith("hpcsgd: error"))
+    assert f"worker {FROZEN} (host {host}" in line and "run.worker_timeout" in line, line
+    assert "last good checkpoint is" in line and "hpcsgd resume" in line, line
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    file, tree = load_checkpoint(out)
+    assert file.name >= newest.name and str(file) in line, (file, line)
+
+
+def test_a_stop_request_while_the_master_waits_in_vain_ends_with_the_last_checkpoint(tmp_path):
+    cfg = wall_job(tmp_path, kind='"sync"')
+    out = tmp_path / "run"
+    lines = Lines(start(cfg, out, "run.stop_timeout=3", "run.max_seconds=60", n=5))
+    lines.wait_for("[hpcsgd] update", timeout=60)
+    time.sleep(1.0)
+    pid = freeze(lines.proc, FROZEN)
+    try:
+        time.sleep(1.0)
+        before = [p.name for p in list_checkpoints(out)]
+        asked = time.monotonic()
+        lines.proc.send_signal(signal.SIGTERM)
+        rc, text = lines.finish(timeout=60)
+    finally:
+        thaw(pid)
+    took = time.monotonic() - asked
+    print(f"\nstop while waiting: exit {rc} {took:.1f} s after SIGTERM (run.stop_timeout = 3)")
+    assert rc == 4, text
+    assert 3.0 <= took < 15.0, text
+    line = next(x for x in text.splitlines() if x.startswith("hpcsgd: error"))
+    assert "stop request (SIGTERM)" in line and f"worker {FROZEN}" in line, line
+    assert [p.name for p in list_checkpoints(out)] == before, "no checkpoint may appear or vanish"
+    load_checkpoint(out)
