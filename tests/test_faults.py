@@ -92,7 +92,8 @@ def test_a_frozen_worker_does_not_stop_what_can_go_on(tmp_path, method):
     assert rc == 0, text
     before = (lines.updates_at(frozen_at) - lines.updates_at(frozen_at - 2.0)) / 2.0
     during = (lines.updates_at(thawed_at) - lines.updates_at(frozen_at + 1.0)) / (thawed_at - frozen_at - 1.0)
-    print(f"\n{method['kind'].strip('\"')}: {before:.0f} updates/s before the freeze, {during:.0f} during it "
+    name = method["kind"].strip('"')
+    print(f"\n{name}: {before:.0f} updates/s before the freeze, {during:.0f} during it "
           f"({during / before:.2f} of before)")
     assert before > 20, text
     assert during > 0.2 * before, f"updates stalled during the freeze: {before:.0f} -> {during:.0f}/s\n{text}"
