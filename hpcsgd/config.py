@@ -262,7 +262,10 @@ def key_reference() -> str:
 # ---------------------------------------------------------------------- one value
 
 def _show(value: Any) -> str:
-    """A value for a one-line message: huge numbers and long texts shortened."""
+    """A value for a one-line message, spelled as in TOML where Python differs (true,
+    false); huge numbers and long texts shortened."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     text = repr(value)
     if len(text) > 60:
         return f"{text[:40]}... ({len(text)} characters)"

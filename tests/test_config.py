@@ -161,7 +161,7 @@ def test_strings_refuse_nul_characters():
 
 @pytest.mark.parametrize("value, pattern", [
     ([1, 1], r"stragglers\.slow_workers = \[1, 1\] repeats \[1\]; must be a list of distinct integers in \[1, M\]"),
-    ([1, True], r"stragglers\.slow_workers\[1\] must be an integer, got True"),
+    ([1, True], r"stragglers\.slow_workers\[1\] must be an integer, got true"),
     ([2.0], r"stragglers\.slow_workers\[0\] must be an integer, got 2\.0"),
     ([[1]], r"stragglers\.slow_workers\[0\] must be an integer, got \[1\]"),
     ([INT_LIMIT], r"stragglers\.slow_workers\[0\] = 9007199254740992 is not allowed"),
@@ -250,7 +250,7 @@ def test_an_explicit_key_the_method_ignores_warns_once(tmp_path):
     ({"method": {"kind": "async_bcd", "stepsize": "fixed", "alpha": 0.3}, "data": {"partition": "replicate"}},
      "method.alpha", "method.stepsize = 'fixed' steps gamma' / (method.tau_max + 1)"),
     ({"method": {"kind": "gsgm", "schedule": False, "average": False}}, "method.average",
-     "method.schedule = False defers no gradient"),
+     "method.schedule = false defers no gradient"),
     ({"method": {"kind": "adaptive_k", "targets": [16, 32], "k0": 2}}, "method.k0",
      "method.targets = [16, 32] lists the stages"),
     ({"method": {"kind": "adaptive_kb", "targets": [16, 32]}, "order": {"batch": 8}}, "order.batch",
@@ -410,5 +410,6 @@ def test_example_config_and_readme_document_every_key():
     for table, keys in SCHEMA.items():
         assert f"[{table}]" in example
         for name in keys:
-            assert re.search(rf"^{name} = ", example, re.M), f"{table}.{name} missing in example.toml"
+            # a key the example's own choices do not read may be commented out (it would warn)
+            assert re.search(rf"^(# )?{name} = ", example, re.M), f"{table}.{name} missing in example.toml"
             assert f"`{table}.{name}`" in readme, f"{table}.{name} missing in README"
