@@ -253,8 +253,8 @@ def key_reference() -> str:
     for table, keys in SCHEMA.items():
         out += [f"**[{table}]**", "", "| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
         for name, key in keys.items():
-            out.append(f"| `{table}.{name}` | `{json.dumps(key.default)}` | {key.allowed()} | "
-                       f"{key.doc.replace('|', chr(92) + '|')} |")
+            doc = key.doc.replace("|", r"\|")  # a bare | would end the markdown cell
+            out.append(f"| `{table}.{name}` | `{json.dumps(key.default)}` | {key.allowed()} | {doc} |")
         out.append("")
     return "\n".join(out)
 
@@ -405,7 +405,8 @@ def _only(dotted: str, *values: Any, why: str | None = None) -> Reason:
             return None
         if why is not None:
             return f"{dotted} = {_show(v)} {why}"
-        does = _DOES.get(dotted, {}).get(v, "does not read it")
+        # a stored config read by `hpcsgd inspect` may hold anything, even unhashable values
+        does = _DOES.get(dotted, {}).get(v, "does not read it") if isinstance(v, (str, bool)) else "does not read it"
         return f"{dotted} = {_show(v)} {does} (read with {dotted} = {' or '.join(map(repr, values))})"
     return reason
 
