@@ -285,6 +285,7 @@ def test_keys_read_per_choice():
     assert ("method", "stepsize") not in read
     # a partial (older) config reads its missing keys at their defaults
     assert keys_read({"method": {"kind": "async"}}) >= {("method", "assign"), ("method", "lr")}
+    assert ("run", "seed") in keys_read({"method": {"kind": ["damaged"]}, "stragglers": 3})  # never raises
     assert set(READ_BY) <= {(t, k) for t, keys in SCHEMA.items() for k in keys}
 
 
