@@ -1,5 +1,8 @@
 """Gradient-balancing kernels for GraB, PairBalance and CD-GraB (ALGORITHMS.md section 1).
 
+Every kernel checks the shapes and slot bounds it is given (O(1)) and raises ValueError
+rather than index past an array's end (Numba does not bounds-check).
+
 Running sums are float64 and no fastmath flag is used: a sign decision taken on a
 reassociated or NaN-blind sum would silently change the order.
 
@@ -108,6 +111,8 @@ def cd_grab_signs(s, diffs, eps):
     eps: int8 [M, Q], written: +1 when <s, c> <= 0 (then s += c), else -1 (s -= c).
     """
     M, Q = diffs.shape[0], diffs.shape[1]
+    if diffs.shape[2] != s.size or eps.shape[0] != M or eps.shape[1] != Q:
+        raise ValueError("cd_grab_signs: diffs must have shape (M, Q, len(s)) and eps (M, Q)")
     for q in range(Q):
         for j in range(M):
             c = diffs[j, q]
@@ -117,6 +122,8 @@ def cd_grab_signs(s, diffs, eps):
 @njit(cache=True, error_model="numpy")
 def pair_signs(s, diffs, eps):
     """PairBalance on one worker: the same rule with one worker (diffs [Q, d], eps [Q])."""
+    if diffs.shape[1] != s.size or eps.size != diffs.shape[0]:
+        raise ValueError("pair_signs: diffs must have shape (len(eps), len(s))")
     for q in range(diffs.shape[0]):
         c = diffs[q]
         eps[q] = _balance(s, c, None)
@@ -136,6 +143,10 @@ def pair_row_signs(s, rows, eps):
 def place_pairs(next_perm, first, second, eps, left, right):
     """Put pair q's examples at both ends of the next order: eps=+1 keeps (a, b) as
     (next[left+q], next[right-q]), eps=-1 swaps them.  Returns the new (left, right)."""
+    Q = eps.size
+    if first.size != Q or second.size != Q or left < 0 or right >= next_perm.size or 2 * Q > right - left + 1:
+        raise ValueError("place_pairs: first, second and eps must have one length Q and 2Q slots "
+                         "must be free between left and right")
     for q in range(eps.size):
         if eps[q] > 0:
             next_perm[left + q] = first[q]
@@ -154,6 +165,10 @@ def grab_balance(s, mean, acc, grads, ids, next_perm, left, right):
     the centred c = g - mean.  Returns the new (left, right).
     """
     d = s.size
+    if mean.size != d or acc.size != d or grads.shape[1] != d or grads.shape[0] != ids.size:
+        raise ValueError("grab_balance: grads must have shape (len(ids), len(s)), mean and acc len(s)")
+    if left < 0 or right >= next_perm.size or ids.size > right - left + 1:
+        raise ValueError("grab_balance: len(ids) slots must be free between left and right")
     c = np.empty(d)
     for t in range(ids.size):
         g = grads[t]

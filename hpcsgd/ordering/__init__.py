@@ -8,7 +8,10 @@ An ordering serves one or more workers, each with its own local examples
         perms = order.next_epoch()        # one permutation per worker
         for step ...:
             order.step(grads)             # per-example gradients [M, B, d], in visit order
-    state = order.state_dict()            # plain arrays and strings: checkpointable
+    state = order.state_dict()            # flat: str, int and arrays only
+    np.savez("order.npz", **state)        # and back, without pickle:
+    with np.load("order.npz", allow_pickle=False) as saved:
+        order.load_state_dict(saved)      # refuses (ValueError) a state that does not fit
 
 Kinds: ``rr`` (fresh permutation per worker per epoch), ``so`` (shuffle once),
 ``grab`` (mean balance with a stale mean, per worker), ``pair`` (PairBalance, per
@@ -17,6 +20,10 @@ worker) and ``cd_grab`` (coordinated: one running sum across workers).
 The engine gives every worker an ordering for itself alone (``workers=[j]``); a
 standalone ordering built for all workers draws exactly the same first-epoch
 permutations, because worker j's stream is always derived from (seed, j).
+
+What ``step`` / ``step_pairs`` accept and refuse is listed in ``hpcsgd.ordering.balance``
+(the reshuffling orders ignore ``step``); the state layout and what ``load_state_dict``
+refuses in ``hpcsgd.ordering.base``.
 """
 
 from __future__ import annotations

@@ -13,27 +13,59 @@ Pairs are formed from consecutive visited examples, across step boundaries when 
 has an odd count (so B = 1 pairs two consecutive steps).  With an odd shard size the
 last example of the epoch has no partner; it goes to the middle slot of the next order,
 which is the one place left, so every example is still visited every epoch.
+
+Input checks, O(1) per worker and call (shapes and counters, never the values), all
+made before anything changes, so a refused call leaves the ordering exactly as it was
+(each a ValueError naming the expected and the given shape):
+
+* ``grads`` / ``diffs`` is a 3-D array [M, B, d] (a [B, d] array for one worker is
+  refused: the worker axis is not guessed, pass ``G[None]``) or a list or tuple of M
+  2-D arrays [b_j, d]; M is the ordering's number of workers; d >= 1 and equal to the
+  d of every earlier step (the first step fixes d; ``state_dict`` stores it).
+* Each worker's rows fit in what is left of its epoch (every example once per epoch);
+  before the first ``next_epoch()`` there is no epoch to step in.
+* ``cd_grab`` moves all workers together: every worker's batch has the same size.
+* ``step_pairs`` needs whole pairs: no example may be waiting from an odd ``step``.
+* Real dtypes (float, integer, bool) are converted to float64 and non-contiguous input
+  is copied to C order (exact: float64 holds every float32 and every integer up to
+  2**53); complex, object and other dtypes are refused.  Pass float64 C-contiguous
+  rows to avoid the copy.
+* The engine-side calls for one worker (``pairs``, ``pair_ids``, ``place``) check the
+  same; ``place`` also refuses more signs than pairs visited and not yet placed, and
+  ``next_epoch`` refuses while an example of the epoch is unvisited or a pair unplaced.
+* Values are not checked (that would be a second pass over every gradient): a NaN or
+  inf gradient keeps every order a permutation, but the running sum turns NaN or inf,
+  so the later signs of that epoch balance nothing (a NaN sum gives -1 throughout) and
+  the next order is not balanced (GraB: the next epoch's stale mean is NaN too).  With
+  finite gradients again, pair orders build a balanced order in the very next epoch,
+  GraB in the one after.  The engine stops such a run at that update (the mean
+  gradient is non-finite too) and keeps the last good checkpoint.
+
+The kernels check the shapes they are given as well (O(1)) and never index past an
+array's end.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from hpcsgd.kernels.balance import cd_grab_signs, grab_balance, pair_row_signs, pair_signs, place_pairs
-from hpcsgd.ordering.base import Ordering
+from hpcsgd.ordering.base import _LARGEST, Ordering, StateReader, _describe
+
+_FLOAT64 = np.dtype(np.float64)
+_WHOLE_PAIRS = "step_pairs() needs whole pairs; use step() for odd counts"
 
 
-def _per_worker(batch, n_workers: int) -> list[np.ndarray]:
-    rows = list(batch)  # an array [M, B, d] or a sequence of M arrays [b_j, d]
-    if len(rows) != n_workers:
-        raise ValueError(f"expected gradients for {n_workers} workers, got {len(rows)}")
-    return [np.ascontiguousarray(r, dtype=np.float64) for r in rows]
+def _as_float64(a: np.ndarray, what: str) -> np.ndarray:
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{what} must be real numbers (a float, integer or bool dtype), got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.float64)
 
 
 class _Balancing(Ordering):
     """Per-worker bookkeeping shared by all balancing orders."""
+
+    lockstep = False  # every worker's batch must have the same size
 
     def __init__(self, sizes, seed, workers=None):
         super().__init__(sizes, seed, workers)
@@ -57,57 +89,166 @@ class _Balancing(Ordering):
         return [p.copy() for p in self.perms]
 
     def _finish_epoch(self) -> None:
-        for i, nxt in enumerate(self.next):
-            if (nxt < 0).any():
+        """Check that the next order is complete (subclasses finish it afterwards)."""
+        for i, n in enumerate(self.sizes):
+            if self.pos[i] != n:
                 raise ValueError(f"worker {self.workers[i]}: step() saw {self.pos[i]} of "
-                                 f"{self.sizes[i]} examples this epoch; feed every visited example")
+                                 f"{n} examples this epoch; feed every visited example")
+
+    # ------------------------------------------------------------------ input checks
+    def _batch(self, batch, what: str, axis: str, pairs: bool = False):
+        """Each worker's rows [b_j, d] of ``batch`` (an array [M, B, d] or M arrays
+        [b_j, d]) as float64 C arrays (the array itself when it is one), once M, d and
+        what is left of the epoch are checked; raises ValueError and changes nothing,
+        except that the first accepted batch fixes d.  ``pairs``: rows are pair
+        differences (two examples each) and no example may be waiting from a step."""
+        M = len(self.sizes)
+        if isinstance(batch, np.ndarray):
+            shape = batch.shape
+            if len(shape) != 3 or shape[0] != M or not shape[2] or (self.dim and shape[2] != self.dim):
+                hint = "; is the worker axis missing? (pass G[None] for one worker)" if len(shape) == 2 \
+                    else ""
+                raise ValueError(self._shape_error(what, axis, f"an array of shape {shape}") + hint)
+            if batch.dtype is not _FLOAT64:
+                batch = _as_float64(batch, what)
+            elif not batch.flags.c_contiguous:  # its rows may still be
+                batch = [g if g.flags.c_contiguous else np.ascontiguousarray(g) for g in batch]
+            counts, d = [shape[1]] * M, shape[2]
+        elif isinstance(batch, (list, tuple)):
+            if len(batch) != M:
+                raise ValueError(self._shape_error(what, axis, f"a {type(batch).__name__} of {len(batch)}"))
+            batch = [self._worker_rows(i, g, what, axis) for i, g in enumerate(batch)]
+            counts, d = [g.shape[0] for g in batch], batch[0].shape[1]
+            for i, g in enumerate(batch):
+                if g.shape[1] != d:
+                    raise ValueError(f"{self.kind}: worker {self.workers[i]}'s {what} have shape {g.shape}, "
+                                     f"expected [{axis}_j, {d}] (d = {d} as worker {self.workers[0]}'s)")
+            if self.lockstep and len(set(counts)) > 1:
+                raise ValueError(f"{self.kind} moves all workers together: every worker's {what} need the "
+                                 f"same number of rows, got shapes {[g.shape for g in batch]}")
+        else:
+            raise ValueError(self._shape_error(what, axis, _describe(batch)))
+        per_row = 2 if pairs else 1
+        for i, b in enumerate(counts):
+            if not self.perms or per_row * b > self.sizes[i] - self.pos[i]:
+                raise ValueError(self._room_error(i, per_row * b, f"{what} of shape {batch[i].shape}"))
+            if pairs and self.pending_id[i] >= 0:
+                raise ValueError(_WHOLE_PAIRS)
+        self._set_dim(d)
+        return batch
+
+    def _worker_rows(self, i: int, rows, what: str, axis: str) -> np.ndarray:
+        """One worker's rows [b, d] as a float64 C array, shape checked against d."""
+        try:
+            g = rows if isinstance(rows, np.ndarray) else np.asarray(rows)
+        except ValueError:  # ragged nested lists
+            raise ValueError(f"{self.kind}: worker {self.workers[i]}'s {what} must be a 2-D array "
+                             f"[{axis}, {self._d_text()}], got {_describe(rows)}") from None
+        if g.ndim != 2 or not g.shape[1] or (self.dim and g.shape[1] != self.dim):
+            raise ValueError(f"{self.kind}: worker {self.workers[i]}'s {what} must have shape "
+                             f"[{axis}, {self._d_text()}], got shape {g.shape}")
+        if g.dtype is not _FLOAT64:
+            return _as_float64(g, what)
+        return g if g.flags.c_contiguous else np.ascontiguousarray(g)
+
+    def _d_text(self) -> str:
+        return f"{self.dim}" if self.dim else "d"
+
+    def _shape_error(self, what: str, axis: str, got: str) -> str:
+        M, d = len(self.sizes), self._d_text()
+        known = f", d = {self.dim} as in the earlier steps" if self.dim else ", d >= 1"
+        return (f"{self.kind}: expected {what} of shape [M, {axis}, d] = [{M}, {axis}, {d}]{known} "
+                f"(or a list of {M} arrays [{axis}_j, {d}]), got {got}")
+
+    def _room_error(self, i: int, count: int, given: str) -> str:
+        if not self.perms:
+            return "call next_epoch() before step()"
+        left = self.sizes[i] - self.pos[i]
+        return (f"{self.kind}: worker {self.workers[i]}: {given} visit {count} examples, but {left} of "
+                f"the epoch's {self.sizes[i]} are left (call next_epoch() to start the next epoch)")
+
+    def _set_dim(self, d: int) -> None:
+        if not self.dim:
+            self.dim = d
+            self._start_sums()
+
+    def _start_sums(self) -> None:
+        """Allocate the running sums once d is known."""
 
     def _visit(self, i: int, count: int) -> np.ndarray:
-        """The next ``count`` examples of worker i's current order."""
-        if not self.perms:
-            raise ValueError("call next_epoch() before step()")
+        """The next ``count`` examples of worker i's current order (the caller has
+        checked that they are left)."""
         ids = self.perms[i][self.pos[i]:self.pos[i] + count]
-        if ids.size != count:
-            raise ValueError(f"worker {self.workers[i]}: {count} gradients but only "
-                             f"{self.perms[i].size - self.pos[i]} examples left this epoch")
         self.pos[i] += count
         return ids
 
     def _reset_sums(self) -> None:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ state
     def state_dict(self):
         state = super().state_dict()
         state["dim"] = self.dim
         for i, j in enumerate(self.workers):
             w = {"perm": self.perms[i].copy() if self.perms else np.empty(0, dtype=np.int64),
                  "next": self.next[i].copy(), "pos": self.pos[i], "left": self.left[i],
-                 "right": self.right[i]}
-            w.update(self._worker_state(i))
-            state[f"worker_{j}"] = w
+                 "right": self.right[i], **self._worker_state(i)}
+            state.update((f"{name}_{j}", value) for name, value in w.items())
         return state
 
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.dim = int(state["dim"])
-        perms = []
-        for i, j in enumerate(self.workers):
-            w = state[f"worker_{j}"]
-            perms.append(np.asarray(w["perm"], dtype=np.int64))
-            self.next[i] = np.asarray(w["next"], dtype=np.int64).copy()
-            self.pos[i], self.left[i], self.right[i] = int(w["pos"]), int(w["left"]), int(w["right"])
-            self._load_worker_state(i, w)
-        self.perms = perms if all(p.size for p in perms) else []
+    def _read_state(self, r: StateReader) -> dict:
+        values = super()._read_state(r)
+        dim = r.integer("dim", 0, _LARGEST)
+        if self.dim and dim and dim != self.dim:
+            raise ValueError(f"ordering state is for gradients of d = {dim}, this ordering has "
+                             f"taken d = {self.dim}")
+        values["dim"] = dim
+        values["per_worker"] = [self._read_worker(r, i, values) for i in range(len(self.sizes))]
+        return values
+
+    def _read_worker(self, r: StateReader, i: int, values: dict) -> dict:
+        j, n, epoch = self.workers[i], self.sizes[i], values["epoch"]
+        key = lambda name: f"{name}_{j}"  # noqa: E731
+        w = {"perm": r.permutation(key("perm"), n) if epoch else r.array(key("perm"), (0,), np.int64),
+             "next": r.array(key("next"), (n,), np.int64), "pos": r.integer(key("pos"), 0, n if epoch else 0),
+             "left": r.integer(key("left"), 0, n), "right": r.integer(key("right"), -1, n - 1)}
+        nxt, left, right = w["next"], w["left"], w["right"]
+        placed = np.concatenate((nxt[:left], nxt[right + 1:]))
+        if left > right + 1 or (nxt[left:right + 1] != -1).any() or (placed < 0).any() or \
+                (placed >= n).any() or np.unique(placed).size != placed.size:
+            raise ValueError(f"ordering state {key('next')!r}, {key('left')!r} = {left} and "
+                             f"{key('right')!r} = {right} do not describe a partly built order (distinct "
+                             f"examples in slots 0..left-1 and right+1..n-1, -1 between)")
+        w.update(self._read_worker_sums(r, key, w, values["dim"]))
+        return w
+
+    def _apply_state(self, values):
+        super()._apply_state(values)
+        self.dim = values["dim"]
+        per_worker = values["per_worker"]
+        self.perms = [w["perm"] for w in per_worker] if values["epoch"] else []
+        for i, w in enumerate(per_worker):
+            self.next[i] = w["next"]
+            self.pos[i], self.left[i], self.right[i] = w["pos"], w["left"], w["right"]
+        self._apply_worker_sums(per_worker)
 
     def _worker_state(self, i: int) -> dict:
         return {}
 
-    def _load_worker_state(self, i: int, state: dict) -> None:
+    def _read_worker_sums(self, r: StateReader, key, w: dict, dim: int) -> dict:
+        return {}
+
+    def _apply_worker_sums(self, per_worker: list[dict]) -> None:
         pass
 
 
 class GraB(_Balancing):
-    """Mean balance with a stale mean, run independently on every worker (ID-GraB)."""
+    """Mean balance with a stale mean, run independently on every worker (ID-GraB).
+
+    Epoch e + 1 centres every gradient by the mean of the raw gradients of epoch e.  In
+    the first epoch no mean is known yet, so the stale mean is zero: the order of epoch
+    2 balances the raw, uncentred gradients of epoch 1; centring starts with epoch 2.
+    """
 
     kind = "grab"
 
@@ -125,29 +266,32 @@ class GraB(_Balancing):
             self.acc[i][:] = 0.0
             self.s[i][:] = 0.0
 
-    def _allocate(self, d: int) -> None:
-        if not self.s:
-            self.dim = d
-            M = len(self.sizes)
-            self.s, self.mean, self.acc = ([np.zeros(d) for _ in range(M)] for _ in range(3))
+    def _start_sums(self):
+        M, d = len(self.sizes), self.dim
+        self.s, self.mean, self.acc = ([np.zeros(d) for _ in range(M)] for _ in range(3))  # mean 0: see above
 
     def step(self, grads=None) -> None:
-        rows = _per_worker(grads, len(self.sizes))
-        self._allocate(rows[0].shape[1])
-        for i, g in enumerate(rows):
+        for i, g in enumerate(self._batch(grads, "gradients", "B")):
             ids = self._visit(i, g.shape[0])
             self.left[i], self.right[i] = grab_balance(self.s[i], self.mean[i], self.acc[i], g, ids,
                                                        self.next[i], self.left[i], self.right[i])
 
     def _worker_state(self, i):
-        if not self.s:
-            return {}
+        if not self.dim:
+            return {name: np.zeros(0) for name in ("s", "mean", "acc")}
         return {"s": self.s[i].copy(), "mean": self.mean[i].copy(), "acc": self.acc[i].copy()}
 
-    def _load_worker_state(self, i, state):
-        if self.dim:
-            self._allocate(self.dim)
-            self.s[i][:], self.mean[i][:], self.acc[i][:] = state["s"], state["mean"], state["acc"]
+    def _read_worker_sums(self, r, key, w, dim):
+        if w["pos"] and not dim:
+            raise ValueError(f"ordering state {key('pos')!r} = {w['pos']} but 'dim' = 0 (no step taken)")
+        if w["left"] + w["next"].size - 1 - w["right"] != w["pos"]:
+            raise ValueError(f"ordering state {key('pos')!r} = {w['pos']} differs from the {key('next')!r} "
+                             f"slots filled (GraB places every visited example)")
+        return {name: r.array(key(name), (dim,), np.float64) for name in ("s", "mean", "acc")}
+
+    def _apply_worker_sums(self, per_worker):
+        self.s, self.mean, self.acc = ([w[name] for w in per_worker] if self.dim else []
+                                       for name in ("s", "mean", "acc"))
 
 
 class _Pairs(_Balancing):
@@ -159,12 +303,21 @@ class _Pairs(_Balancing):
         self.pending_grad: list[np.ndarray | None] = [None] * len(self.sizes)
 
     def _finish_epoch(self):
+        super()._finish_epoch()
+        for i in range(len(self.sizes)):
+            waiting = self._unplaced(i)
+            if waiting:
+                raise ValueError(f"worker {self.workers[i]}: {waiting} visited pairs still wait for "
+                                 f"place(); place every pair before next_epoch()")
         for i in range(len(self.sizes)):
             if self.pending_id[i] >= 0:  # odd shard: the middle slot is the one left
                 self.next[i][self.left[i]] = self.pending_id[i]
                 self.left[i] += 1
                 self.pending_id[i], self.pending_grad[i] = -1, None
-        super()._finish_epoch()
+
+    def _unplaced(self, i: int) -> int:
+        """Pairs visited this epoch whose signs have not been placed yet."""
+        return (self.pos[i] - (self.pending_id[i] >= 0)) // 2 - self.left[i]
 
     def _pair_rows(self, i: int, grads: np.ndarray):
         """Visit a batch for worker i: pair ids (first, second) and the pairs' gradient
@@ -197,7 +350,9 @@ class _Pairs(_Balancing):
     def pair_ids(self, i: int, count: int):
         """Visit ``count`` examples given only as pair differences (no odd leftovers)."""
         if count % 2 or self.pending_id[i] >= 0:
-            raise ValueError("step_pairs() needs whole pairs; use step() for odd counts")
+            raise ValueError(_WHOLE_PAIRS)
+        if not self.perms or not 0 <= count <= self.sizes[i] - self.pos[i]:
+            raise ValueError(self._room_error(i, count, "pair_ids()"))
         ids = self._visit(i, count)
         return ids[0::2], ids[1::2]
 
@@ -206,23 +361,25 @@ class _Pairs(_Balancing):
                                                   self.left[i], self.right[i])
 
     def _worker_state(self, i):
-        state = {"pending_id": self.pending_id[i]}
-        if self.pending_grad[i] is not None:
-            state["pending_grad"] = self.pending_grad[i].copy()
-        state.update(self._sum_state(i))
-        return state
+        g = self.pending_grad[i]
+        return {"pending_id": self.pending_id[i],
+                "pending_grad": g.copy() if g is not None else np.zeros(self.dim)}
 
-    def _load_worker_state(self, i, state):
-        self.pending_id[i] = int(state["pending_id"])
-        g = state.get("pending_grad")
-        self.pending_grad[i] = None if g is None else np.asarray(g, dtype=np.float64).copy()
-        self._load_sum_state(i, state)
+    def _read_worker_sums(self, r, key, w, dim):
+        n, pos, left = w["next"].size, w["pos"], w["left"]
+        pending = r.integer(key("pending_id"), -1, n - 1)
+        if pending >= 0 and (dim == 0 or pos == 0 or pending != w["perm"][pos - 1]):
+            raise ValueError(f"ordering state {key('pending_id')!r} = {pending} is not the last visited "
+                             f"example of a step (visited {pos})")
+        paired = pos - (pending >= 0)
+        if left != n - 1 - w["right"] or paired % 2 or 2 * left > paired:
+            raise ValueError(f"ordering state {key('left')!r} = {left}, {key('right')!r} = {w['right']} and "
+                             f"{key('pos')!r} = {pos} disagree (pairs fill both ends alike)")
+        return {"pending_id": pending, "pending_grad": r.array(key("pending_grad"), (dim,), np.float64)}
 
-    def _sum_state(self, i):
-        return {}
-
-    def _load_sum_state(self, i, state):
-        pass
+    def _apply_worker_sums(self, per_worker):
+        self.pending_id = [w["pending_id"] for w in per_worker]
+        self.pending_grad = [w["pending_grad"] if w["pending_id"] >= 0 else None for w in per_worker]
 
 
 class PairBalance(_Pairs):
@@ -237,10 +394,10 @@ class PairBalance(_Pairs):
     def _reset_sums(self):
         self.s = [np.zeros(self.dim) for _ in self.sizes] if self.dim else []
 
+    _start_sums = _reset_sums
+
     def step(self, grads=None):
-        rows = _per_worker(grads, len(self.sizes))
-        self._set_dim(rows[0].shape[1])
-        for i, g in enumerate(rows):
+        for i, g in enumerate(self._batch(grads, "gradients", "B")):
             # signs straight from the gradient rows: materialising the B/2 differences
             # first would write and re-read B/2 x d floats (out of cache at large d)
             first, second, lead, rest = self._pair_rows(i, g)
@@ -251,27 +408,21 @@ class PairBalance(_Pairs):
             self._place(i, first, second, eps)
 
     def step_pairs(self, diffs) -> None:
-        rows = _per_worker(diffs, len(self.sizes))
-        self._set_dim(rows[0].shape[1])
-        for i, c in enumerate(rows):
+        for i, c in enumerate(self._batch(diffs, "pair differences", "Q", pairs=True)):
             first, second = self.pair_ids(i, 2 * c.shape[0])
             eps = np.empty(first.size, dtype=np.int8)
             pair_signs(self.s[i], c, eps)
             self._place(i, first, second, eps)
 
-    def _set_dim(self, d):
-        if not self.dim:
-            self.dim = d
-            self._reset_sums()
+    def _worker_state(self, i):
+        return {**super()._worker_state(i), "s": self.s[i].copy() if self.dim else np.zeros(0)}
 
-    def _sum_state(self, i):
-        return {"s": self.s[i].copy()} if self.dim else {}
+    def _read_worker_sums(self, r, key, w, dim):
+        return {**super()._read_worker_sums(r, key, w, dim), "s": r.array(key("s"), (dim,), np.float64)}
 
-    def _load_sum_state(self, i, state):
-        if self.dim:
-            if not self.s:
-                self._reset_sums()
-            self.s[i][:] = state["s"]
+    def _apply_worker_sums(self, per_worker):
+        super()._apply_worker_sums(per_worker)
+        self.s = [w["s"] for w in per_worker] if self.dim else []
 
 
 class CoordinatedSigns:
@@ -285,6 +436,8 @@ class CoordinatedSigns:
 
     def signs(self, diffs: np.ndarray, epoch: int) -> np.ndarray:
         """Signs for pair differences [M, Q, d] of the given epoch, in place order."""
+        if diffs.ndim != 3:
+            raise ValueError(f"cd_grab signs need pair differences [M, Q, d], got shape {diffs.shape}")
         if epoch != self.epoch or self.s.size != diffs.shape[2]:
             self.s = np.zeros(diffs.shape[2])
             self.epoch = epoch
@@ -305,10 +458,12 @@ class CDGraB(_Pairs):
     all workers; signs decided pair index outer, worker rank inner.
 
     All workers must hold the same number of examples (the engine trims shards to the
-    smallest); then every worker's pointers move together.
+    smallest); then every worker's pointers move together.  The shared sum is stored
+    as ``shared_s`` / ``shared_epoch`` in the state.
     """
 
     kind = "cd_grab"
+    lockstep = True
 
     def __init__(self, sizes, seed, workers=None):
         super().__init__(sizes, seed, workers)
@@ -324,7 +479,7 @@ class CDGraB(_Pairs):
         return self.shared.signs(np.asarray(diffs), self.epoch)
 
     def step(self, grads=None):
-        rows = _per_worker(grads, len(self.sizes))
+        rows = self._batch(grads, "gradients", "B")
         pairs = [self._pairs(i, g) for i, g in enumerate(rows)]
         diffs = np.stack([p[2] for p in pairs])
         eps = self.signs(diffs)
@@ -332,25 +487,47 @@ class CDGraB(_Pairs):
             self._place(i, first, second, eps[i])
 
     def step_pairs(self, diffs) -> None:
-        diffs = np.asarray(diffs)
-        eps = self.signs(diffs)
+        rows = self._batch(diffs, "pair differences", "Q", pairs=True)
+        eps = self.signs(rows if isinstance(rows, np.ndarray) else np.stack(rows))
         for i in range(len(self.sizes)):
-            first, second = self.pair_ids(i, 2 * diffs.shape[1])
+            first, second = self.pair_ids(i, 2 * eps.shape[1])
             self._place(i, first, second, eps[i])
 
     def pairs(self, i: int, grads: np.ndarray):
-        """Worker side in the engine: visit a batch, return (first, second, diffs)."""
-        return self._pairs(i, np.ascontiguousarray(grads, dtype=np.float64))
+        """Worker side in the engine: visit a batch [b, d], return (first, second, diffs)."""
+        g = self._worker_rows(i, grads, "gradients", "b")
+        if not self.perms or g.shape[0] > self.sizes[i] - self.pos[i]:
+            raise ValueError(self._room_error(i, g.shape[0], f"gradients of shape {g.shape}"))
+        self._set_dim(g.shape[1])
+        return self._pairs(i, g)
 
     def place(self, i: int, first: np.ndarray, second: np.ndarray, eps: np.ndarray) -> None:
         """Worker side in the engine: place a batch's pairs by the master's signs."""
+        if type(eps) is not np.ndarray or type(first) is not np.ndarray or type(second) is not np.ndarray:
+            first, second, eps = np.asarray(first), np.asarray(second), np.asarray(eps)
+        q = eps.size
+        if eps.ndim != 1 or first.ndim != 1 or second.ndim != 1 or first.size != q or second.size != q:
+            raise ValueError(f"place() needs first, second and eps of one shape [Q], got shapes "
+                             f"{first.shape}, {second.shape} and {eps.shape}")
+        if q > self._unplaced(i):  # more signs than pairs visited would overwrite slots
+            raise ValueError(f"worker {self.workers[i]}: place() got {q} signs, but "
+                             f"{self._unplaced(i)} visited pairs wait to be placed")
         self._place(i, first, second, eps)
 
     def state_dict(self):
         state = super().state_dict()
-        state["shared"] = self.shared.state_dict()
+        state.update((f"shared_{name}", value) for name, value in self.shared.state_dict().items())
         return state
 
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.shared.load_state_dict(state["shared"])
+    def _read_state(self, r):
+        values = super()._read_state(r)
+        s = r.array("shared_s", None, np.float64)
+        if s.size not in (0, values["dim"]):  # empty until the first signs of an epoch
+            raise ValueError(f"ordering state 'shared_s' has shape {s.shape}, expected (0,) or "
+                             f"({values['dim']},)")
+        values["shared"] = {"s": s, "epoch": r.integer("shared_epoch", -1, values["epoch"])}
+        return values
+
+    def _apply_state(self, values):
+        super()._apply_state(values)
+        self.shared.load_state_dict(values["shared"])

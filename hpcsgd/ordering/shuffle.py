@@ -34,6 +34,11 @@ class ShuffleOnce(Ordering):
             state[f"perm_{j}"] = p.copy()
         return state
 
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.perms = [np.asarray(state[f"perm_{j}"], dtype=np.int64) for j in self.workers]
+    def _read_state(self, r):
+        values = super()._read_state(r)
+        values["perms"] = [r.permutation(f"perm_{j}", n) for j, n in zip(self.workers, self.sizes)]
+        return values
+
+    def _apply_state(self, values):
+        super()._apply_state(values)
+        self.perms = values["perms"]
