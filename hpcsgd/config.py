@@ -36,8 +36,9 @@ LAYOUT = {"M": "the number of workers M", "d": "the number of model parameters d
 @dataclass(frozen=True)
 class Key:
     """One key: default, type, meaning and allowed values.  Numbers are always finite;
-    ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive ones,
-    integers also stay below INT_LIMIT, and ``at_most`` names a LAYOUT quantity the value
+    ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive ones
+    (``zero_off``: 0, meaning off, is allowed below them), integers also stay below
+    INT_LIMIT, and ``at_most`` names a LAYOUT quantity the value
     may not exceed (checked by ``check_layout``).  A list holds ``item``-typed elements,
     each within the bounds, none repeated (``increasing``: strictly ascending)."""
 
@@ -50,6 +51,7 @@ class Key:
     above: float | None = None
     below: float | None = None
     at_most: str | None = None
+    zero_off: bool = False
     item: type | None = None
     increasing: bool = False
 
@@ -78,11 +80,11 @@ class Key:
         else:
             low = "(-inf"
         if self.at_most is not None:
-            return f"{low}, {self.at_most}]"
-        up = self.upper()
-        if up is None:
-            return f"{low}, inf)"
-        return f"{low}, {_bound(up[0])}{']' if up[1] else ')'}"
+            high = f"{self.at_most}]"
+        else:
+            up = self.upper()
+            high = "inf)" if up is None else f"{_bound(up[0])}{']' if up[1] else ')'}"
+        return f"{low}, {high}" + (" (or 0)" if self.zero_off else "")
 
     def allowed(self) -> str:
         """What the README's key reference says is allowed."""
@@ -127,8 +129,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "keep_checkpoints": Key(3, int, "how many checkpoint files to keep", minimum=1),
         "eval_every": Key(0, int, "updates between evaluations (0 = about 20 per run)", minimum=0),
         "eval_seconds": Key(0.0, (int, float), "evaluate at the first update after every multiple of this "
-                            "many seconds on the run's clock, instead of every eval_every updates (0 = off)",
-                            minimum=0, maximum=MAX_SECONDS),
+                            "many seconds on the run's clock, instead of every eval_every updates (0 = off; "
+                            "at least 1 us, so that clock time / eval_seconds stays finite)",
+                            minimum=1e-6, maximum=MAX_SECONDS, zero_off=True),
         "progress_every": Key(5.0, (int, float), "seconds between progress lines (0 = never)", minimum=0,
                               maximum=MAX_SECONDS),
         "threads": Key(0, int, "Numba/BLAS threads per rank (0 = SLURM_CPUS_PER_TASK or 1)", minimum=0),
@@ -299,6 +302,8 @@ def _check_number(where: str, key: Key, value: int | float, floats: bool) -> int
         if not math.isfinite(number):
             raise UserError(f"config: {where} = {_show(value)} is not allowed: must be {kind} in {key.interval()}")
     up = key.upper()
+    if key.zero_off and number == 0:
+        return number
     if (key.minimum is not None and number < key.minimum) or (key.above is not None and not number > key.above) \
             or (up is not None and (number > up[0] if up[1] else not number < up[0])):
         raise UserError(f"config: {where} = {_show(value)} is not allowed: must be {kind} in {key.interval()}")

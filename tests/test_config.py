@@ -120,6 +120,7 @@ def test_every_integer_stays_exact_in_float64(table, name):
     ("stragglers", "shape", 1e-9, "[1e-06, 1e+06]"),
     ("stragglers", "slow_factor", 1e7, "(0, 1e+06]"),
     ("run", "seed", -1, "[0, 2^53)"),
+    ("run", "eval_seconds", 1e-300, "[1e-06, 1e+09] (or 0)"),   # clock / eval_seconds would overflow
 ])
 def test_numbers_outside_their_range_name_key_value_and_range(table, name, value, interval):
     with pytest.raises(UserError, match=re.escape(f"config: {table}.{name} = ") + ".* is not allowed: must be .*"
@@ -132,6 +133,8 @@ def test_values_inside_the_range_resolve_as_given():
     assert cfg["method"]["momentum"] == 0.99 and cfg["method"]["alpha"] == 1.0
     assert isinstance(cfg["method"]["alpha"], float) and cfg["stragglers"]["shift"] == 1.0
     assert resolve({"run": {"seed": INT_LIMIT - 1}})["run"]["seed"] == INT_LIMIT - 1
+    assert resolve({"run": {"eval_seconds": 0}})["run"]["eval_seconds"] == 0.0  # off
+    assert resolve({"run": {"eval_seconds": 1e-6}})["run"]["eval_seconds"] == 1e-6
 
 
 def test_gamma_prime_from_h_and_L_must_be_finite():
