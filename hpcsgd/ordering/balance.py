@@ -502,15 +502,10 @@ class CDGraB(_Pairs):
         return self._pairs(i, g)
 
     def place(self, i: int, first: np.ndarray, second: np.ndarray, eps: np.ndarray) -> None:
-        """Worker side in the engine: place a batch's pairs by the master's signs."""
-        if type(eps) is not np.ndarray or type(first) is not np.ndarray or type(second) is not np.ndarray:
-            first, second, eps = np.asarray(first), np.asarray(second), np.asarray(eps)
-        q = eps.size
-        if eps.ndim != 1 or first.ndim != 1 or second.ndim != 1 or first.size != q or second.size != q:
-            raise ValueError(f"place() needs first, second and eps of one shape [Q], got shapes "
-                             f"{first.shape}, {second.shape} and {eps.shape}")
-        if q > self._unplaced(i):  # more signs than pairs visited would overwrite slots
-            raise ValueError(f"worker {self.workers[i]}: place() got {q} signs, but "
+        """Worker side in the engine: place a batch's pairs by the master's signs (1-D
+        arrays of one length, checked by the kernel with the free slots)."""
+        if len(eps) > self._unplaced(i):  # signs for pairs never visited would corrupt the order
+            raise ValueError(f"worker {self.workers[i]}: place() got {len(eps)} signs, but "
                              f"{self._unplaced(i)} visited pairs wait to be placed")
         self._place(i, first, second, eps)
 

@@ -71,7 +71,10 @@ class StateReader:
         """A copy as ``dtype`` (int64 or float64) of the array under ``key``, which must
         have that dtype's kind and, unless ``shape`` is None (any 1-D), that shape."""
         value = self.get(key)
-        a = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None
+        try:
+            a = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None
+        except ValueError:  # ragged nested lists
+            a = None
         kinds = "iu" if np.dtype(dtype).kind in "iu" else "f"
         if a is None or a.dtype.kind not in kinds or (a.shape != shape if shape is not None else a.ndim != 1):
             want = "int64" if kinds == "iu" else "float64"
