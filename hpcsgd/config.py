@@ -710,12 +710,6 @@ def _check_delay_means(s: dict, M: int) -> None:
                             f"{factor:g} exceeds {POISSON_MAX:g}, the largest Poisson mean NumPy draws")
 
 
-def check_shards(cfg: dict, n_workers: int, smallest_shard: int) -> None:
-    """Until run.py calls check_layout: the layout checks with equal shards of the smallest
-    size and a model too large to bound method.blocks."""
-    check_layout(cfg, n_workers, [smallest_shard] * n_workers, INT_LIMIT)
-
-
 # ---------------------------------------------------------------------- files and resume
 
 def load_config_checked(path: str | Path, overrides: list[str] = ()) -> tuple[dict, list[str]]:

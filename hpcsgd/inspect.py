@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcsgd.config import keys_read
 from hpcsgd.checkpoint import FIRST_CHECKSUMMED_VERSION, find_checkpoint
 from hpcsgd.errors import UserError
 from hpcsgd.trace import TRACE_COLUMNS
@@ -314,15 +315,17 @@ def _fmt(x: Any, digits: int = 5) -> str:
     return str(x)
 
 
-# The [method] keys each update rule reads (the rest of the table holds defaults it
-# ignores); momentum is shown whenever it is on, for every rule.
-_METHOD_KEYS = {"fastest_k": ("lr", "k"), "async": ("lr", "assign"), "gsgm": ("lr", "schedule", "average"),
-                "piag": ("stepsize", "absorb"), "async_bcd": ("stepsize", "blocks")}
-
-
 def _config_line(config: dict) -> str:
+    """The run's choices, and of the [method] keys those the rule reads
+    (``config.keys_read``, the table the ignored-key warnings use too)."""
     method = (config.get("method") if isinstance(config, dict) else None) or {}
-    keys = _METHOD_KEYS.get(method.get("kind"), ("lr",)) + (("momentum",) if method.get("momentum") else ())
+    try:
+        read = keys_read(config)
+    except (KeyError, TypeError, ValueError, AttributeError):  # a damaged or foreign config
+        read = {("method", "lr")}
+    shown = ("lr", "k", "assign", "schedule", "average", "stepsize", "absorb", "blocks", "targets",
+             "switch", "momentum")
+    keys = [key for key in shown if ("method", key) in read and (key != "momentum" or method.get(key))]
     picks = [("data", "source"), ("data", "partition"), ("model", "kind"), ("method", "kind"),
              *(("method", key) for key in keys),
              ("order", "kind"), ("order", "batch"), ("stragglers", "model"), ("run", "seed")]

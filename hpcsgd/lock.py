@@ -205,18 +205,19 @@ class RunLock:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError(f"run directory {self.run_dir}: cannot create ({exc.strerror})") from None
+            raise UserError(f"run.out {self.run_dir}: cannot create ({exc.strerror})") from None
         mine = owner_record()
         data = (json.dumps(mine, indent=1) + "\n").encode()
         private = self.run_dir / f".{LOCK_FILE}.{mine['token']}.tmp"
         try:
             _write_private(private, data)
         except OSError as exc:
-            raise UserError(f"run directory {self.run_dir}: cannot write its lock file ({exc.strerror})") from None
+            raise UserError(f"run.out {self.run_dir} is not writable ({exc.strerror}): its lock file "
+                            f"cannot be created") from None
         try:
             self._acquire(private, data, mine)
         except OSError as exc:
-            raise UserError(f"run directory {self.run_dir}: cannot take its lock {self.path} "
+            raise UserError(f"run.out {self.run_dir}: cannot take its lock {self.path} "
                             f"({exc.strerror or exc})") from None
         finally:
             _remove(private)
@@ -257,14 +258,14 @@ class RunLock:
             try:
                 owner = _read_owner(self.path)
             except ValueError as exc:
-                raise UserError(f"run directory {self.run_dir} has a lock file {self.path} that cannot be read "
+                raise UserError(f"run.out {self.run_dir} has a lock file {self.path} that cannot be read "
                                 f"({exc}); if no job runs on this directory, remove {self.path}") from None
             if owner is None:
                 continue  # released meanwhile: try again
             why = self._stale_reason(owner, mine)
             if why is None:
                 raise UserError(
-                    f"run directory {self.run_dir} is in use by another job ({describe(owner)}; command "
+                    f"run.out {self.run_dir} is in use by another job ({describe(owner)}; command "
                     f"{owner.get('command', '?')!r}); if that job is no longer running, remove {self.path}")
             claim = self._claim_path(owner["token"])
             if not _create_exclusive(claim, private, data):
@@ -272,7 +273,7 @@ class RunLock:
                 waiting_since = waiting_since or time.monotonic()
                 if time.monotonic() - waiting_since > self.claim_wait:
                     raise UserError(
-                        f"run directory {self.run_dir}: a takeover of its stale lock ({describe(owner)}) was "
+                        f"run.out {self.run_dir}: a takeover of its stale lock ({describe(owner)}) was "
                         f"left unfinished ({claim} is {self.claim_wait:g} s old); if no job runs on this "
                         f"directory, remove {self.path} and {claim}")
                 time.sleep(_POLL_SECONDS)
@@ -285,7 +286,7 @@ class RunLock:
                     tmp = self.run_dir / f".{LOCK_FILE}.{mine['token']}.new.tmp"
                     _write_private(tmp, data)
                     os.replace(tmp, self.path)
-                    print(f"hpcsgd: warning: took over the lock of run directory {self.run_dir} from "
+                    print(f"hpcsgd: warning: took over the lock of run.out {self.run_dir} from "
                           f"{describe(owner)}: {why}", file=sys.stderr, flush=True)
                     return
             except ValueError:

@@ -155,12 +155,30 @@ class EpochMirror:
 
     def state(self) -> dict:
         return {"mirror_pos": np.array(self.pos, dtype=np.int64),
-                "mirror_started": np.array(self.started, dtype=np.int64)}
+                "mirror_started": np.array(self.started, dtype=np.int64),
+                "mirror_sizes": np.array(self.sizes, dtype=np.int64)}
 
     def load(self, engine_state: dict) -> None:
         self.pos = [int(p) for p in engine_state["mirror_pos"]]
         self.started = [int(s) for s in engine_state["mirror_started"]]
         self._stale = True
+
+
+def worker_states(tree: dict, sizes: list[int]) -> dict[int, dict]:
+    """Each worker's state (``Worker.load_state_dict``'s argument) out of a checkpoint
+    tree, for workers with these shard sizes."""
+    order = tree["order"]
+    states = {}
+    for j, n in enumerate(sizes, start=1):
+        st = {"rng": tree["rng"][f"worker_{j}"], "ordering": tree["state"]["workers"][f"worker_{j}"],
+              "order": {"perm": order["perm"][j - 1][order["perm"][j - 1] >= 0][:n].copy(),
+                        "pos": int(order["pos"][j - 1]),
+                        "epochs_started": int(order["epochs_started"][j - 1])}}
+        if "history" in order:
+            h = order["history"][:, j - 1, :n]
+            st["order"]["history"] = h[(h >= 0).all(axis=1)].copy()
+        states[j] = st
+    return states
 
 
 class Master:
@@ -849,19 +867,7 @@ class Master:
         self.trace.load(tree["trace"])
         self.evals.load(tree["eval"])
         self._schedule_eval()
-        order = tree["order"]
-        states = {}
-        for j in self.workers:
-            n = self.mirror.sizes[j - 1]
-            st = {"rng": tree["rng"][f"worker_{j}"], "ordering": tree["state"]["workers"][f"worker_{j}"],
-                  "order": {"perm": order["perm"][j - 1][order["perm"][j - 1] >= 0][:n].copy(),
-                            "pos": int(order["pos"][j - 1]),
-                            "epochs_started": int(order["epochs_started"][j - 1])}}
-            if "history" in order:
-                h = order["history"][:, j - 1, :n]
-                st["order"]["history"] = h[(h >= 0).all(axis=1)].copy()
-            states[j] = st
-        return states
+        return worker_states(tree, self.mirror.sizes)
 
     # ------------------------------------------------------------------ main loop
     def should_stop(self) -> str:

@@ -17,17 +17,18 @@ from mpi4py import MPI
 
 from hpcsgd import checkpoint
 from hpcsgd import comm as C
-from hpcsgd.config import check_shards, check_world, from_json, load_config, resume_config, to_json
+from hpcsgd.config import check_layout, check_world, from_json, load_config_checked, resume_config_checked, to_json
 from hpcsgd.data import dataset_fingerprint, open_dataset, partition, read_labels, read_rows, split_even
 from hpcsgd.errors import UserError
 from hpcsgd.kernels import optim
-from hpcsgd.master import Master
+from hpcsgd.lock import RunLock
+from hpcsgd.master import Master, worker_states
 from hpcsgd.methods import make_method
 from hpcsgd.models import make_model
 from hpcsgd.ordering import EpochCursor, make_ordering
 from hpcsgd.stop import StopRequest
-from hpcsgd.stragglers import STREAM_DELAY, STREAM_INIT, DelayModel, make_stream
-from hpcsgd.worker import Worker
+from hpcsgd.stragglers import STREAM_DELAY, STREAM_INIT, DelayModel, make_stream, set_stream_state
+from hpcsgd.worker import Worker, load_worker_state
 
 
 def _collective(comm: MPI.Comm, fn, *args):
@@ -107,7 +108,7 @@ def _setup(comm: MPI.Comm, cfg: dict):
         # Shared pointers need equal shards: every worker trains on the first n_min rows
         # of its shard (all of them are still evaluated).
         sizes = [min(sizes)] * M
-    check_shards(cfg, M, min(sizes))
+    check_layout(cfg, M, sizes, model.dim)
     local = None
     if rank > 0:
         X, y = read_rows(info, "train", parts[rank - 1])
@@ -202,37 +203,12 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
 
     if rank == 0:
         run_dir = Path(cfg["run"]["out"])
-        _on_root(comm, _prepare_run_dir if resume_tree is None else _check_writable, run_dir)
-        method = make_method(cfg, sizes, model.dim, m["L"])
-        # The master posts its receives when built: only after the last set-up check.
-        # A STOP file already there counts: the batch shell may write it while the job
-        # starts up (hpcsgd-job.sh); the stop that honours it removes it.
-        stop = StopRequest(run_dir)
-        master = Master(comm, cfg, model, sizes, method, run_dir, stop, hosts=hosts,
-                        test_rows=rows["test_rows"], data_fingerprint=rows["fingerprint"], quiet=quiet)
-        if resume_tree is None:
-            init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
-            master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
-        else:
-            states = master.load_state(resume_tree)
-            master.last_checkpoint = resume_path
-            for j, st in states.items():
-                master._send(C.job_buffer(None, master.version, 0), j, C.TAG_STATE_SET)
-                C.send_tree(comm, j, st)
-        if not quiet:
-            what = "resuming" if resume_tree is not None else "training"
-            print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
-                  f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
-            visited = sum(sizes)
-            if visited < rows["train_rows"]:
-                print(f"[hpcsgd] order.kind = 'cd_grab' needs equal shards: training visits "
-                      f"{visited} of the {rows['train_rows']} training rows ({sizes[0]} per worker, "
-                      f"the smallest shard); evaluation covers all {rows['train_rows']}", flush=True)
-            if rows["test_rows"] == 0:
-                print(f"[hpcsgd] {cfg['data']['source']} has no test rows: test metrics are NaN",
-                      flush=True)
-        with stop:
-            return master.run(fresh=resume_tree is None)
+        lock = RunLock(run_dir)
+        _on_root(comm, _open_run_dir, lock, resume_tree is None)
+        try:
+            return _run_master(comm, cfg, model, sizes, rows, hosts, run_dir, resume_tree, resume_path, quiet)
+        finally:
+            lock.release()
 
     _on_root(comm, lambda: None)  # rank 0 prepares the run directory
     X, y, X_test, y_test = local
@@ -243,6 +219,55 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     delay = DelayModel(cfg["stragglers"], rank, make_stream(cfg["run"]["seed"], rank, STREAM_DELAY))
     with StopRequest() as stop:
         return Worker(comm, cfg, model, X, y, X_test, y_test, cursor, delay, stop).run()
+
+
+def _run_master(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, hosts: list[str],
+                run_dir: Path, resume_tree: dict | None, resume_path: Path | None, quiet: bool) -> int:
+    """Rank 0 once the run directory is locked: build the master, load or initialise
+    the model, and run."""
+    M = comm.Get_size() - 1
+    method = make_method(cfg, sizes, model.dim, cfg["method"]["L"])
+    # The master posts its receives when built: only after the last set-up check.
+    # A STOP file already there counts: the batch shell may write it while the job
+    # starts up (hpcsgd-job.sh); the stop that honours it removes it.
+    stop = StopRequest(run_dir)
+    master = Master(comm, cfg, model, sizes, method, run_dir, stop, hosts=hosts,
+                    test_rows=rows["test_rows"], data_fingerprint=rows["fingerprint"], quiet=quiet)
+    if resume_tree is None:
+        init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
+        master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
+    else:
+        states = master.load_state(resume_tree)
+        master.last_checkpoint = resume_path
+        for j, st in states.items():
+            master._send(C.job_buffer(None, master.version, 0), j, C.TAG_STATE_SET)
+            C.send_tree(comm, j, st)
+    if not quiet:
+        what = "resuming" if resume_tree is not None else "training"
+        print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
+              f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
+        visited = sum(sizes)
+        if visited < rows["train_rows"]:
+            print(f"[hpcsgd] order.kind = 'cd_grab' needs equal shards: training visits "
+                  f"{visited} of the {rows['train_rows']} training rows ({sizes[0]} per worker, "
+                  f"the smallest shard); evaluation covers all {rows['train_rows']}", flush=True)
+        if rows["test_rows"] == 0:
+            print(f"[hpcsgd] {cfg['data']['source']} has no test rows: test metrics are NaN",
+                  flush=True)
+    with stop:
+        return master.run(fresh=resume_tree is None)
+
+
+def _open_run_dir(lock: RunLock, fresh: bool) -> bool:
+    """Lock the run directory for this job's life, then check it can take checkpoints."""
+    if lock.run_dir.exists() and not lock.run_dir.is_dir():
+        raise UserError(f"run.out {lock.run_dir} is a file, not a directory; choose another run.out")
+    lock.acquire()
+    try:
+        return _prepare_run_dir(lock.run_dir) if fresh else _check_writable(lock.run_dir)
+    except UserError:
+        lock.release()
+        raise
 
 
 def _prepare_run_dir(run_dir: Path) -> bool:
@@ -270,7 +295,20 @@ def _check_writable(run_dir: Path) -> bool:
 
 
 def train(comm: MPI.Comm, config_path: str, overrides: list[str], quiet: bool = False) -> int:
-    return run_job(comm, _on_root(comm, load_config, config_path, overrides), quiet=quiet)
+    return run_job(comm, _on_root(comm, _load_config, config_path, overrides), quiet=quiet)
+
+
+def _load_config(path: str, overrides: list[str]) -> dict:
+    cfg, warnings = load_config_checked(path, overrides)
+    _print_warnings(warnings)
+    return cfg
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    """Keys set but not read, suspicious delay models: one line each, rank 0 only."""
+    for line in warnings:
+        sys.stderr.write(f"hpcsgd: warning: {line}\n")
+    sys.stderr.flush()
 
 
 def _check_resume_target(home: Path, out: Path) -> None:
@@ -286,12 +324,40 @@ def _check_resume_target(home: Path, out: Path) -> None:
                         f"({home}) or in a new empty one, never in another run's")
 
 
+def check_loadable(tree: dict) -> None:
+    """Deeper than the file's layout (``checkpoint.validate_tree``): the method's state
+    and every worker's order and streams load into freshly built objects, so a damaged
+    file is refused (and an older one used) before any rank starts on it."""
+    try:
+        cfg = from_json(tree["config"])
+        M = int(tree["world_size"]) - 1
+        eng = tree["state"]["engine"]
+        if "mirror_sizes" in eng:
+            sizes = [int(n) for n in eng["mirror_sizes"]]
+        else:  # written before shard sizes were kept: what the stored orders show
+            sizes = [int(np.count_nonzero(row >= 0)) for row in tree["order"]["perm"]]
+        if len(sizes) != M or min(sizes) < 1:
+            raise ValueError(f"shard sizes {sizes} do not fit {M} workers")
+        method = make_method(cfg, sizes, tree["model"]["params"].size, cfg["method"]["L"] or 1.0)
+        method.load_state_dict(tree["state"]["method"])
+        set_stream_state(make_stream(0, 0, STREAM_INIT), tree["rng"]["master"]["method"])
+        for j, state in worker_states(tree, sizes).items():
+            ordering = make_ordering(cfg["order"]["kind"], [sizes[j - 1]], cfg["run"]["seed"], workers=[j])
+            cursor = EpochCursor(ordering)
+            if "history" in state["order"]:
+                cursor.history = []
+            load_worker_state(cursor, make_stream(0, j, STREAM_DELAY), j, state)
+    except (KeyError, IndexError, TypeError, ValueError, AssertionError) as exc:
+        raise ValueError(f"its saved state does not load ({type(exc).__name__}: {exc})") from None
+
+
 def resume(comm: MPI.Comm, path: str, overrides: list[str], quiet: bool = False,
            allow_data_change: bool = False) -> int:
     def load():
-        file, tree = checkpoint.load_checkpoint(Path(path))
+        file, tree = checkpoint.load_checkpoint(Path(path), check=check_loadable)
         stored = from_json(tree["config"])
-        cfg = resume_config(stored, overrides)
+        cfg, warnings = resume_config_checked(stored, overrides)
+        _print_warnings(warnings)
         home = file.parent
         if any(o.startswith("run.out=") for o in overrides):
             _check_resume_target(home, Path(cfg["run"]["out"]))

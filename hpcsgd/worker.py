@@ -221,9 +221,14 @@ class Worker:
                 "order": order, "ordering": ordering}
 
     def load_state_dict(self, state: dict) -> None:
-        ordering = dict(state["ordering"])
-        ordering[f"rng_{self.rank}"] = state["rng"]["order"]
-        cur = dict(state["order"])
-        cur["ordering"] = ordering
-        self.cursor.load_state_dict(cur)
-        set_stream_state(self.delay.rng, state["rng"]["delay"])
+        load_worker_state(self.cursor, self.delay.rng, self.rank, state)
+
+
+def load_worker_state(cursor: EpochCursor, delay_rng, rank: int, state: dict) -> None:
+    """Put a worker's saved state (``Worker.state_dict``) into its cursor and delay stream."""
+    ordering = dict(state["ordering"])
+    ordering[f"rng_{rank}"] = state["rng"]["order"]
+    cur = dict(state["order"])
+    cur["ordering"] = ordering
+    cursor.load_state_dict(cur)
+    set_stream_state(delay_rng, state["rng"]["delay"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcsgd.config import (INT_LIMIT, READ_BY, SCHEMA, check_layout, check_shards, check_world, key_reference,
+from hpcsgd.config import (INT_LIMIT, READ_BY, SCHEMA, check_layout, check_world, key_reference,
                            keys_read, load_config, load_config_checked, parse_override, resolve, resolve_checked,
                            resume_config, resume_config_checked)
 from hpcsgd.errors import UserError
@@ -377,15 +377,6 @@ def test_layout_refuses_counts_beyond_what_exists(raw, M, sizes, d, pattern):
 ])
 def test_layout_accepts_counts_within_what_exists(raw, M, sizes, d):
     check_layout(resolve(raw), M, sizes, d)
-
-
-def test_check_shards_keeps_the_old_call_working():
-    kb = resolve({"method": {"kind": "adaptive_kb", "targets": [16, 400]}})
-    check_shards(kb, 4, 100)
-    with pytest.raises(UserError, match=r"reaches 400 samples per update, more than 3 workers x 100 rows"):
-        check_shards(kb, 3, 100)
-    with pytest.raises(UserError, match=r"order\.batch = 16 exceeds the rows of the smallest shard, 10"):
-        check_shards(resolve({}), 3, 10)
 
 
 # ---------------------------------------------------------------------- shipped files

@@ -223,7 +223,21 @@ def test_resume_refuses_other_world_size(data_dir):
     assert train(data_dir, base / "run", "run.max_updates=4", "data.source='digits'") == 0
     if comm().Get_rank() == 0:
         tree = load(base / "run")
-        tree["world_size"] = comm().Get_size() + 1
+        M = int(tree["world_size"]) - 1  # one more worker, consistently: the loader checks the layout
+        tree["world_size"] = M + 2
+        eng = tree["state"]["engine"]
+        for name in ("worker_end", "contributions"):  # by rank: the new worker copies worker 1
+            eng[name] = np.append(eng[name], eng[name][1:2])
+        for name in ("mirror_pos", "mirror_started", "mirror_sizes"):
+            eng[name] = np.append(eng[name], eng[name][:1])
+        tree["state"]["workers"][f"worker_{M + 1}"] = {**tree["state"]["workers"]["worker_1"],
+                                                       "workers": np.array([M + 1])}
+        tree["rng"][f"worker_{M + 1}"] = tree["rng"]["worker_1"]
+        order = tree["order"]
+        order["perm"] = np.vstack([order["perm"], order["perm"][:1]])
+        for name in ("pos", "epochs_started"):
+            order[name] = np.append(order[name], order[name][:1])
+        eng["version"] = int(tree["update"]) + 1
         for key in ("format", "format_version", "created"):
             tree.pop(key, None)
         save_checkpoint(base / "run", {**tree, "update": int(tree["update"]) + 1})

@@ -120,7 +120,7 @@ def test_a_second_job_is_refused_while_the_owner_runs(tmp_path):
             L.RunLock(run_dir).acquire()
         msg = str(exc.value)
         assert "\n" not in msg
-        assert msg.startswith(f"run directory {run_dir} is in use by another job (host {HOST}, pid {owner.pid}, since ")
+        assert msg.startswith(f"run.out {run_dir} is in use by another job (host {HOST}, pid {owner.pid}, since ")
         assert f"if that job is no longer running, remove {run_dir / L.LOCK_FILE}" in msg
         assert (run_dir / L.LOCK_FILE).read_bytes() == before
     finally:
@@ -139,7 +139,7 @@ def test_the_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path, capsys)
     with L.RunLock(run_dir) as lock:
         assert read_lock(run_dir)["token"] == lock.owner["token"] != stale["token"]
     err = capsys.readouterr().err
-    assert err == (f"hpcsgd: warning: took over the lock of run directory {run_dir} from host {HOST}, "
+    assert err == (f"hpcsgd: warning: took over the lock of run.out {run_dir} from host {HOST}, "
                    f"pid {proc.pid}, since {stale['started']}: process {proc.pid} is no longer running\n")
 
 
