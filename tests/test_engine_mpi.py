@@ -621,3 +621,64 @@ def test_gsgm_with_every_part_off_is_pure_async(data_dir):
             assert np.array_equal(a["eval"][col], b["eval"][col]), col
         assert np.all(a["trace"]["averaged"] == 1) and np.all(a["trace"]["deferred"] == 0)
     on_root(check)
+
+
+def test_cd_grab_trains_on_equal_shards_and_evaluates_every_row(data_dir):
+    """A Dirichlet split gives unequal shards; CD-GraB trains on the smallest one's size
+    per worker, but /eval/train_loss is the objective over every training row."""
+    from conftest import shared_dir
+    from hpcsgd.data import open_dataset, read_rows
+    from hpcsgd.models import make_model
+    out = shared_dir() / "run"
+    assert train(data_dir, out, "run.clock='simulated'", "data.source='breast_cancer'",
+                 "model.kind='logistic'", "data.partition='dirichlet'", "data.alpha=1.0",
+                 "order.kind='cd_grab'", "order.batch=2", "run.epochs=0", "run.max_updates=20") == 0
+
+    def check():
+        tree = load(out)
+        info = open_dataset("breast_cancer", data_dir)
+        X, y = read_rows(info, "train", np.arange(info.n_train))
+        model = make_model("logistic", info.n_features, 2)
+        w = tree["model"]["params"]
+        want = model.loss_sum(w, X, y, np.arange(info.n_train)) / info.n_train
+        assert tree["eval"]["update"][-1] == 20
+        assert tree["eval"]["train_loss"][-1] == pytest.approx(want, rel=1e-12)
+        sizes = tree["state"]["engine"]["mirror_sizes"]
+        assert len(set(sizes.tolist())) == 1 and sizes.sum() < info.n_train, sizes
+    on_root(check)
+
+
+def test_no_test_rows_gives_nan_test_metrics(data_dir):
+    from conftest import shared_dir
+    from hpcsgd.data import prepare
+    base = shared_dir()
+    if comm().Get_rank() == 0:
+        prepare("digits", data_dir=base, test_fraction=0.0)
+    comm().Barrier()
+    out = base / "run"
+    assert train(base, out, "run.clock='simulated'", "run.epochs=0", "run.max_updates=10") == 0
+
+    def check():
+        tree = load(out)
+        assert tree["test_rows"] == 0
+        ev = tree["eval"]
+        assert np.isnan(ev["test_loss"]).all() and np.isnan(ev["test_accuracy"]).all()
+        assert np.isfinite(ev["train_loss"]).all()
+    on_root(check)
+
+
+def test_a_batch_larger_than_the_model_runs(data_dir):
+    """Logistic regression on breast_cancer has d = 31 parameters; a batch of 48 is an
+    ordinary setting (the worker's receive buffer is longer than the model then)."""
+    from conftest import shared_dir
+    out = shared_dir() / "run"
+    for order in ("rr", "pair"):
+        assert train(data_dir, out / order, "run.clock='simulated'", "data.source='breast_cancer'",
+                     "model.kind='logistic'", "order.batch=48", f"order.kind='{order}'", "run.epochs=1") == 0
+
+    def check():
+        for order in ("rr", "pair"):
+            tree = load(out / order)
+            assert tree["model"]["params"].size == 31 and np.isfinite(tree["model"]["params"]).all()
+            assert tree["trace"]["batch"].max() == 48
+    on_root(check)
