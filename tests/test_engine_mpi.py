@@ -623,6 +623,7 @@ def test_gsgm_with_every_part_off_is_pure_async(data_dir):
     on_root(check)
 
 
+@pytest.mark.mpi(min_size=3)
 def test_cd_grab_trains_on_equal_shards_and_evaluates_every_row(data_dir):
     """A Dirichlet split gives unequal shards; CD-GraB trains on the smallest one's size
     per worker, but /eval/train_loss is the objective over every training row."""

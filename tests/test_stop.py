@@ -16,7 +16,7 @@ import pytest
 from hpcsgd.stop import StopRequest
 from launch import digits_job, finish, load, rank_pid, start, wait_for_line
 
-UPDATES = 4000
+UPDATES = 20000  # long enough (~2 s here) for a STOP file, polled once a second, to land mid-run
 
 
 @pytest.fixture(scope="module")
