@@ -160,3 +160,21 @@ def test_prepare_inspect_plot(tmp_path, job):
     assert proc.returncode == 2 and "digits" in proc.stderr
     proc = serial("inspect", str(tmp_path / "missing"))
     assert proc.returncode == 2
+
+
+def test_a_key_the_method_does_not_read_warns_once(job):
+    cfg, out, base = job
+    proc = run("train", str(cfg), *base, "--set", "method.kind='sync'", "--set", "method.k=1", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    warnings = [x for x in proc.stderr.splitlines() if x.startswith("hpcsgd: warning:")]
+    assert warnings == ["hpcsgd: warning: config: method.k = 1 is ignored: method.kind = 'sync' waits for "
+                        "every worker (read with method.kind = 'fastest_k')"], proc.stderr
+
+
+def test_a_run_out_that_is_a_file_is_refused(job, tmp_path):
+    cfg, out, base = job
+    target = tmp_path / "not-a-dir"
+    target.write_text("precious")
+    proc = run("train", str(cfg), *base, "--set", f"run.out='{target}'", "--quiet")
+    assert proc.returncode == 2 and f"run.out {target} is a file" in proc.stderr, proc.stderr
+    assert target.read_text() == "precious"

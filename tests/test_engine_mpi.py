@@ -683,3 +683,26 @@ def test_a_batch_larger_than_the_model_runs(data_dir):
             assert tree["model"]["params"].size == 31 and np.isfinite(tree["model"]["params"]).all()
             assert tree["trace"]["batch"].max() == 48
     on_root(check)
+
+
+@pytest.mark.parametrize("method", ["sync", "fastest_k", "adaptive_k", "adaptive_kb", "async", "gsgm",
+                                    "piag", "async_bcd"])
+def test_every_method_makes_progress_when_simulated_times_tie(data_dir, method):
+    """stragglers.model = 'none' in the simulated clock: every duration is 0, so every
+    completion ties at t = 0.  Ties go to the job handed out first, so the run ends (GSGM
+    used to give worker 1 every event, deferring it forever) and, for the one-job-per-
+    worker methods, the workers take turns in rank order."""
+    from conftest import shared_dir
+    out = shared_dir() / "run"
+    M = comm().Get_size() - 1
+    extra = ["data.partition='replicate'"] if method == "async_bcd" else []
+    assert train(data_dir, out, "run.clock='simulated'", "stragglers.model='none'", f"method.kind='{method}'",
+                 "data.source='breast_cancer'", "model.kind='logistic'", "order.batch=8", "run.epochs=0",
+                 "run.max_updates=24", *extra) == 0
+
+    def check():
+        tr = load(out)["trace"]
+        assert tr["update"].size == 24 and np.all(tr["sim_time"] == 0.0)
+        if method in ("async", "gsgm", "async_bcd"):
+            assert tr["worker"].tolist() == [1 + i % M for i in range(24)], tr["worker"]
+    on_root(check)

@@ -10,7 +10,8 @@
 # - USR1 (the time-limit warning): ask hpcsgd for a checkpoint with a STOP file in the
 #   run directory, wait for the job to exit, then `scontrol requeue` it.  TERM (scancel,
 #   the time limit itself) reaches every rank directly; hpcsgd checkpoints and exits and
-#   this script does not requeue.
+#   this script does not requeue.  Exit status 4 (a worker stopped answering:
+#   run.worker_timeout) requeues too, at most HPCSGD_MAX_REQUEUES times (default 3).
 # - Threads per rank come from --cpus-per-task; HDF5 file locking is off (network file
 #   systems); the launcher is the venv's mpiexec (HPCSGD_LAUNCH=srun for srun --mpi=pmi2).
 set -u
@@ -52,6 +53,12 @@ done
 log "hpcsgd exited with status $status"
 if [ "$requested" = 1 ] && [ "$status" = 0 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
   log "requeueing job $SLURM_JOB_ID"
+  scontrol requeue "$SLURM_JOB_ID"
+elif [ "$status" = 4 ] && [ -n "${SLURM_JOB_ID:-}" ] \
+     && [ "${SLURM_RESTART_COUNT:-0}" -lt "${HPCSGD_MAX_REQUEUES:-3}" ]; then
+  # a worker stopped answering (a hung or dead node): go on from the last checkpoint
+  # in a new allocation, a bounded number of times
+  log "a worker did not answer; requeueing job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0} of ${HPCSGD_MAX_REQUEUES:-3})"
   scontrol requeue "$SLURM_JOB_ID"
 fi
 exit "$status"
