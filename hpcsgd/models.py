@@ -138,11 +138,11 @@ class Model:
         if init == "normal":
             s = 0.01 if scale is None else float(scale)
             if not (math.isfinite(s) and s >= 0.0):
-                raise UserError(f"init scale must be a finite number >= 0, got {scale!r}")
+                raise UserError(f"model.init_scale must be a finite number >= 0, got {scale!r}")
             return rng.normal(0.0, s, self.dim)
         if init == "default":
             return self._default_init(rng)
-        raise UserError(f"unknown init {init!r} (choose from {', '.join(INIT_KINDS)})")
+        raise UserError(f"model.init = {init!r} is not allowed (choose from {', '.join(INIT_KINDS)})")
 
     def _default_init(self, rng: np.random.Generator) -> np.ndarray:  # pragma: no cover - convex models
         return np.zeros(self.dim)
@@ -326,24 +326,24 @@ def make_model(
     ignores it (its ``n_classes`` is 1).  ``hidden`` is only used by mlp.
     """
     if kind not in MODEL_KINDS:
-        raise UserError(f"unknown model {kind!r} (choose from {', '.join(MODEL_KINDS)})")
+        raise UserError(f"model.kind = {kind!r} is not allowed (choose from {', '.join(MODEL_KINDS)})")
     p = _int_arg("n_features", n_features)
     if p < 1:
-        raise UserError(f"n_features must be >= 1, got {p}")
+        raise UserError(f"data.source: a model needs >= 1 feature, got {p}")
     C = _int_arg("n_classes", n_classes)
-    l2 = _reg_arg("l2", l2)
-    nonconvex = _reg_arg("nonconvex", nonconvex)
+    l2 = _reg_arg("model.l2", l2)
+    nonconvex = _reg_arg("model.nonconvex", nonconvex)
     if kind == "logistic":
         if C != 2:
-            raise UserError(f"model 'logistic' is binary and needs 2 classes, got {C} (use 'softmax' or 'mlp')")
+            raise UserError(f"model.kind = 'logistic' is binary and needs 2 classes, got {C} (use 'softmax' or 'mlp')")
         return Logistic(p, l2=l2, nonconvex=nonconvex)
     if kind == "least_squares":
         return LeastSquares(p, l2=l2, nonconvex=nonconvex)
     if C < 2:
-        raise UserError(f"model {kind!r} needs n_classes >= 2, got {C}")
+        raise UserError(f"model.kind = {kind!r} needs >= 2 classes, got {C}")
     if kind == "softmax":
         return Softmax(p, C, l2=l2, nonconvex=nonconvex)
-    H = _int_arg("hidden", hidden)
+    H = _int_arg("model.hidden", hidden)
     if H < 1:
-        raise UserError(f"model 'mlp' needs hidden >= 1, got {H}")
+        raise UserError(f"model.hidden must be >= 1 for model.kind = 'mlp', got {H}")
     return MLP(p, C, H, l2=l2, nonconvex=nonconvex)
