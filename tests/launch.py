@@ -68,30 +68,25 @@ def load(run_dir: Path) -> dict:
     return load_checkpoint(run_dir)[1]
 
 
-def digits_job(base: Path, **run: object) -> Path:
-    """A small simulated-clock async job on digits (prepared into ``base``); ``run``
-    sets [run] keys."""
+def digits_job(base: Path, method: dict | None = None, stragglers: dict | None = None, **run: object) -> Path:
+    """A small job on digits (prepared into ``base``): by default a simulated-clock
+    async job; ``run`` sets [run] keys, ``method`` and ``stragglers`` replace those
+    tables (values are TOML literals)."""
     from hpcsgd.data import prepare
     if not (base / "digits.h5").exists():
         prepare("digits", data_dir=base)
-    keys = {"clock": '"simulated"', "epochs": 0, "max_updates": 4000, "eval_every": 1000,
-            "progress_every": 0.2, **run}
+    tables = {
+        "run": {"clock": '"simulated"', "epochs": 0, "max_updates": 4000, "eval_every": 1000,
+                "progress_every": 0.2, **run},
+        "data": {"source": '"digits"', "dir": f'"{base}"'},
+        "model": {"kind": '"softmax"'},
+        "method": method or {"kind": '"async"', "lr": 0.05},
+        "order": {"batch": 8},
+        "stragglers": stragglers or {"model": '"exp"', "comm_mean": 1.0},
+    }
     cfg = base / "job.toml"
-    cfg.write_text("[run]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) + f"""
-[data]
-source = "digits"
-dir = "{base}"
-[model]
-kind = "softmax"
-[method]
-kind = "async"
-lr = 0.05
-[order]
-batch = 8
-[stragglers]
-model = "exp"
-comm_mean = 1.0
-""")
+    cfg.write_text("".join(f"[{t}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
+                           for t, keys in tables.items()))
     return cfg
 
 

@@ -23,38 +23,18 @@ from pathlib import Path
 import pytest
 
 from hpcsgd.checkpoint import list_checkpoints, load_checkpoint
-from hpcsgd.data import prepare
-from launch import Lines, rank_pid, start
+from launch import Lines, digits_job, rank_pid, start
 
 FROZEN = 2  # the rank that gets SIGSTOP
 
 
 def wall_job(base: Path, **method) -> Path:
-    if not (base / "digits.h5").exists():
-        prepare("digits", data_dir=base)
-    keys = {"kind": '"fastest_k"', "lr": 0.1, **method}
-    cfg = base / "job.toml"
-    cfg.write_text(f"""[run]
-clock = "wall"
-epochs = 0
-max_seconds = 13
-eval_every = 400
-progress_every = 0.25
-checkpoint_every = 250
-keep_checkpoints = 50
-[data]
-source = "digits"
-dir = "{base}"
-[model]
-kind = "softmax"
-[method]
-""" + "".join(f"{k} = {v}\n" for k, v in keys.items()) + """[order]
-batch = 8
-[stragglers]
-model = "fixed"
-comm_mean = 0.002
-""")
-    return cfg
+    """Wall clock, 2 ms per job, progress lines every 0.25 s, a checkpoint every 250
+    updates (all kept), about 13 s of training."""
+    return digits_job(base, method={"kind": '"fastest_k"', "lr": 0.1, **method},
+                      stragglers={"model": '"fixed"', "comm_mean": 0.002}, clock='"wall"',
+                      max_updates=0, max_seconds=13, eval_every=400, progress_every=0.25,
+                      checkpoint_every=250, keep_checkpoints=50)
 
 
 def first_checkpoint(out: Path, timeout: float = 60) -> Path:
@@ -117,53 +97,44 @@ def test_a_frozen_worker_does_not_stop_what_can_go_on(tmp_path, method):
     load_checkpoint(out)
 
 
-def test_the_watchdog_ends_a_job_that_cannot_go_on_and_names_the_worker(tmp_path):
+def frozen_sync_job(tmp_path: Path, setting: str, signal_after: float | None = None):
+    """A sync job whose worker 2 freezes after its first checkpoint (optionally SIGTERM
+    to mpiexec ``signal_after`` s later); returns (exit status, output, seconds from the
+    freeze or the signal to the end, checkpoints before, the job's error line)."""
     cfg = wall_job(tmp_path, kind='"sync"')
     out = tmp_path / "run"
-    lines = Lines(start(cfg, out, "run.worker_timeout=3", "run.max_seconds=60", n=5))
+    lines = Lines(start(cfg, out, setting, "run.max_seconds=60", n=5))
     lines.wait_for("[hpcsgd] update", timeout=60)
     first_checkpoint(out)
-    time.sleep(0.5)
-    newest = list_checkpoints(out)[0]
     pid = freeze(lines.proc, FROZEN)
-    frozen_at = time.monotonic()
     try:
+        if signal_after is not None:
+            time.sleep(signal_after)
+        before = [p.name for p in list_checkpoints(out)]
+        since = time.monotonic()
+        if signal_after is not None:
+            lines.proc.send_signal(signal.SIGTERM)
         rc, text = lines.finish(timeout=60)
     finally:
         thaw(pid)
-    took = time.monotonic() - frozen_at
-    print(f"\nwatchdog: exit {rc} {took:.1f} s after the freeze (run.worker_timeout = 3)")
-    assert rc == 4, text
-    assert 3.0 <= took < 15.0, text
-    host = socket.gethostname()
-    line = next(x for x in text.splitlines() if x.startswith("hpcsgd: error"))
-    assert f"worker {FROZEN} (host {host}" in line and "run.worker_timeout" in line, line
-    assert "last good checkpoint is" in line and "hpcsgd resume" in line, line
+    took = time.monotonic() - since
+    line = next((x for x in text.splitlines() if x.startswith("hpcsgd: error")), "")
+    assert rc == 4 and 3.0 <= took < 15.0, f"exit {rc} after {took:.1f} s:\n{text}"
+    assert f"no reply from worker {FROZEN} (host {socket.gethostname()}" in line, line
+    assert [p.name for p in list_checkpoints(out)] == before, "no checkpoint may appear or vanish"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-    file, tree = load_checkpoint(out)
-    assert file.name >= newest.name and str(file) in line, (file, line)
+    file, _ = load_checkpoint(out)
+    assert f"the last good checkpoint is {file}" in line and "hpcsgd resume" in line, line
+    return took, line
+
+
+def test_the_watchdog_ends_a_job_that_cannot_go_on_and_names_the_worker(tmp_path):
+    took, line = frozen_sync_job(tmp_path, "run.worker_timeout=3")
+    print(f"\nwatchdog: exit 4 {took:.1f} s after the freeze (run.worker_timeout = 3)")
+    assert "run.worker_timeout" in line, line
 
 
 def test_a_stop_request_while_the_master_waits_in_vain_ends_with_the_last_checkpoint(tmp_path):
-    cfg = wall_job(tmp_path, kind='"sync"')
-    out = tmp_path / "run"
-    lines = Lines(start(cfg, out, "run.stop_timeout=3", "run.max_seconds=60", n=5))
-    lines.wait_for("[hpcsgd] update", timeout=60)
-    first_checkpoint(out)
-    pid = freeze(lines.proc, FROZEN)
-    try:
-        time.sleep(1.0)
-        before = [p.name for p in list_checkpoints(out)]
-        asked = time.monotonic()
-        lines.proc.send_signal(signal.SIGTERM)
-        rc, text = lines.finish(timeout=60)
-    finally:
-        thaw(pid)
-    took = time.monotonic() - asked
-    print(f"\nstop while waiting: exit {rc} {took:.1f} s after SIGTERM (run.stop_timeout = 3)")
-    assert rc == 4, text
-    assert 3.0 <= took < 15.0, text
-    line = next(x for x in text.splitlines() if x.startswith("hpcsgd: error"))
-    assert "stop request (SIGTERM)" in line and f"worker {FROZEN}" in line, line
-    assert [p.name for p in list_checkpoints(out)] == before, "no checkpoint may appear or vanish"
-    load_checkpoint(out)
+    took, line = frozen_sync_job(tmp_path, "run.stop_timeout=3", signal_after=1.0)
+    print(f"\nstop while waiting: exit 4 {took:.1f} s after SIGTERM (run.stop_timeout = 3)")
+    assert "stop request (SIGTERM)" in line and "run.stop_timeout" in line, line

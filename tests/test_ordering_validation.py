@@ -437,19 +437,17 @@ def test_load_refuses_inconsistent_counters(kind):
 # ---------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_state_survives_savez_and_load_without_pickle(kind, tmp_path):
+def started(kind: str):
+    """An ordering part-way through its work (mid-epoch for the balancing orders) and
+    what ``continues_alike`` needs to drive it on."""
     if kind in BALANCING:
-        a, Z, perms = mid_epoch(kind)
-    else:
-        a = make_ordering(kind, sizes_for(kind), seed=3)
-        a.next_epoch()
-    state = a.state_dict()
-    np.savez(tmp_path / "order.npz", **state)
-    with np.load(tmp_path / "order.npz", allow_pickle=False) as saved:
-        b = make_ordering(kind, sizes_for(kind), seed=99)
-        b.load_state_dict(saved)
-    assert same_state(b.state_dict(), state)
+        return mid_epoch(kind)
+    a = make_ordering(kind, sizes_for(kind), seed=3)
+    a.next_epoch()
+    return a, None, None
+
+
+def continues_alike(kind: str, a, b, Z, perms) -> None:
     if kind in BALANCING:
         assert_continues_like(a, b, Z, perms)
     else:
@@ -459,14 +457,22 @@ def test_state_survives_savez_and_load_without_pickle(kind, tmp_path):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_state_survives_savez_and_load_without_pickle(kind, tmp_path):
+    a, Z, perms = started(kind)
+    state = a.state_dict()
+    np.savez(tmp_path / "order.npz", **state)
+    with np.load(tmp_path / "order.npz", allow_pickle=False) as saved:
+        b = make_ordering(kind, sizes_for(kind), seed=99)
+        b.load_state_dict(saved)
+    assert same_state(b.state_dict(), state)
+    continues_alike(kind, a, b, Z, perms)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_state_survives_the_engine_checkpoint_tree(kind):
     # as the engine stores it: the worker keeps its order stream apart, the rest goes
     # into /state/workers/worker_j of the HDF5 file; read back and rejoined on resume
-    if kind in BALANCING:
-        a, Z, perms = mid_epoch(kind)
-    else:
-        a = make_ordering(kind, sizes_for(kind), seed=3)
-        a.next_epoch()
+    a, Z, perms = started(kind)
     state = a.state_dict()
     rest = dict(state)
     streams = {j: rest.pop(f"rng_{j}") for j in (1, 2)}
@@ -479,8 +485,7 @@ def test_state_survives_the_engine_checkpoint_tree(kind):
     b = make_ordering(kind, sizes_for(kind), seed=99)
     b.load_state_dict(back)
     assert same_state(b.state_dict(), state)
-    if kind in BALANCING:
-        assert_continues_like(a, b, Z, perms)
+    continues_alike(kind, a, b, Z, perms)
 
 
 @pytest.mark.parametrize("kind", BALANCING)
