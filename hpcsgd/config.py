@@ -526,6 +526,14 @@ def _warnings(cfg: dict, explicit: list[tuple[str, str]]) -> list[str]:
                 out.append(f"config: stragglers.{name} = {mean:g} with stragglers.model = 'poisson': delays "
                            f"are whole seconds, so {100 * zeros:.1f}% of the draws per {per} are 0 s and the "
                            f"rest 1 s or more (mean still {mean:g} s); for sub-second delays use another model")
+    timeout = cfg["run"]["worker_timeout"]
+    if cfg["run"]["clock"] == "wall" and s["model"] != "none" and timeout > 0:
+        factor = s["slow_factor"] if s["slow_workers"] else 1.0
+        job = factor * (s["offset"] + s["comm_mean"] + max(cfg["order"]["batch"], 1) * s["compute_mean"])
+        if job >= 0.5 * timeout:
+            out.append(f"config: run.worker_timeout = {timeout:g} s is close to the mean injected job time "
+                       f"({job:.3g} s, stragglers.*): a slow worker may be taken for a silent one and end "
+                       f"the job; raise run.worker_timeout or set it to 0")
     return out
 
 

@@ -408,3 +408,14 @@ def test_example_config_and_readme_document_every_key():
             # a key the example's own choices do not read may be commented out (it would warn)
             assert re.search(rf"^(# )?{name} = ", example, re.M), f"{table}.{name} missing in example.toml"
             assert f"`{table}.{name}`" in readme, f"{table}.{name} missing in README"
+
+
+def test_injected_delays_near_the_watchdog_warn():
+    from hpcsgd.config import resolve_checked
+    slow = {"stragglers": {"model": "fixed", "comm_mean": 1.0, "slow_workers": [2], "slow_factor": 400.0}}
+    warnings = resolve_checked(slow)[1]
+    assert len(warnings) == 1 and "run.worker_timeout = 600 s is close to the mean injected job time (400 s" \
+        in warnings[0], warnings
+    assert resolve_checked({**slow, "run": {"worker_timeout": 0}})[1] == []      # watchdog off
+    assert resolve_checked({**slow, "run": {"clock": "simulated"}})[1] == []     # nobody sleeps
+    assert resolve_checked({"stragglers": {"model": "fixed", "comm_mean": 1.0}})[1] == []
