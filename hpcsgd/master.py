@@ -236,7 +236,8 @@ class Master:
         self.last_checkpoint: Path | None = None
 
         # transport
-        self.sends: list[tuple[MPI.Request, np.ndarray]] = []
+        self.send_reqs: list[MPI.Request] = []  # sends not known complete, and their buffers
+        self.send_bufs: list[np.ndarray] = []
         self.job_bufs: dict[tuple[int, int], np.ndarray] = {}  # (batch, flags) -> this version's job
         self.job_bufs_version = -1
         self.retired_bufs: list[np.ndarray] = []  # older versions' buffers, reusable once unused
@@ -246,6 +247,7 @@ class Master:
         self.recv_bufs: dict[int, np.ndarray] = {}
         self.recvs = [self._post_recv(j) for j in self.workers]
         self.unanswered = [0] * (self.M + 1)            # jobs sent, reply not yet here
+        self.held = [0] * (self.M + 1)                  # jobs waiting here to be sent
         self.last_heard = [time.monotonic()] * (self.M + 1)
         self.turnaround = [0.0] * (self.M + 1)          # smoothed send-to-reply seconds
         self.arrivals = 0
@@ -277,7 +279,8 @@ class Master:
     # ------------------------------------------------------------------ clocks
     def wall_time(self) -> float:
         t = self.wall_offset + time.perf_counter() - self.t0 - self.paused
-        self.wall_floor = max(self.wall_floor, t)
+        if t > self.wall_floor:
+            self.wall_floor = t
         return self.wall_floor
 
     def now(self) -> float:
@@ -291,36 +294,54 @@ class Master:
         return self.comm.Irecv(buf, source=worker, tag=C.TAG_RESULT)
 
     def _send(self, buf: np.ndarray, worker: int, tag: int) -> None:
-        self.sends.append((self.comm.Isend(buf, dest=worker, tag=tag), buf))
+        self.send_reqs.append(self.comm.Isend(buf, dest=worker, tag=tag))
+        self.send_bufs.append(buf)
+        if len(self.send_reqs) > 8 * self.M:  # a rank that does not receive: keep the list short
+            self._reap_sends()
 
     def _reap_sends(self) -> None:
         """Forget completed sends; recycle old job buffers no send or held job uses."""
-        if self.sends:
-            done = MPI.Request.Testsome([r for r, _ in self.sends])
-            if done:
+        reqs = self.send_reqs
+        if reqs:
+            done = MPI.Request.Testsome(reqs)
+            if done and len(done) == len(reqs):
+                reqs.clear()
+                self.send_bufs.clear()
+            elif done:
                 gone = set(done)
-                self.sends = [s for i, s in enumerate(self.sends) if i not in gone]
-        if self.retired_bufs:
-            busy = {id(b) for _, b in self.sends}
+                self.send_reqs = [r for i, r in enumerate(reqs) if i not in gone]
+                self.send_bufs = [b for i, b in enumerate(self.send_bufs) if i not in gone]
+        if not self.retired_bufs:
+            return
+        if self.send_reqs or any(self.held):
+            busy = {id(b) for b in self.send_bufs}
             busy.update(id(j.buf) for q in self.jobs.values() for j in q if j.held)
-            keep = []
-            for buf in self.retired_bufs:
-                if id(buf) in busy:
-                    keep.append(buf)
-                elif len(self.spare_job_bufs) < SPARE_BUFFERS:
-                    self.spare_job_bufs.append(buf)
-            self.retired_bufs = keep
+        else:
+            busy = ()  # the usual case: every send done, nothing held
+        keep = []
+        for buf in self.retired_bufs:
+            if id(buf) in busy:
+                keep.append(buf)
+            elif len(self.spare_job_bufs) < SPARE_BUFFERS:
+                self.spare_job_bufs.append(buf)
+        self.retired_bufs = keep
 
     def assign(self, worker: int, batch: int, flags: int) -> None:
         """Create a job at the current model for ``worker``; it queues behind its others."""
         undo = self.mirror.position(worker)
         actual = self.mirror.take(worker, batch)
-        job = Job(worker, self.seq, self.version, actual, flags, t_assign=self.now(),
-                  buf=self._job_buffer(actual, flags), undo=undo)
+        buf = self._job_buffer(actual, flags)
+        job = Job(worker, self.seq, self.version, actual, flags, t_assign=self.now(), undo=undo)
         self.seq += 1
         self.jobs[worker].append(job)
         self.row_messages += 1
-        self._send_held(worker)
+        if self.unanswered[worker] < SEND_WINDOW and not self.held[worker]:
+            self._send(buf, worker, C.TAG_JOB)
+            job.sent_at = time.monotonic()
+            self.unanswered[worker] += 1
+        else:
+            job.buf = buf
+            self.held[worker] += 1
 
     def _job_buffer(self, batch: int, flags: int) -> np.ndarray:
         """The job message at the current version.  Isend needs a buffer nobody writes to
@@ -331,9 +352,10 @@ class Master:
             self.retired_bufs.extend(self.job_bufs.values())
             self.job_bufs.clear()
             self.job_bufs_version = self.version
-            self._reap_sends()
         buf = self.job_bufs.get((batch, flags))
         if buf is None:
+            if not self.spare_job_bufs:
+                self._reap_sends()  # refills the spares from retired buffers now unused
             buf = self.spare_job_bufs.pop() if self.spare_job_bufs else np.empty(C.JOB_HEADER + self.d)
             buf[C.J_VERSION], buf[C.J_BATCH], buf[C.J_FLAGS] = self.version, batch, flags
             buf[C.JOB_HEADER:] = self.params
@@ -343,15 +365,16 @@ class Master:
     def _send_held(self, worker: int) -> None:
         """Send the worker's held jobs, oldest first, while fewer than SEND_WINDOW of its
         jobs are unanswered."""
-        if self.unanswered[worker] >= SEND_WINDOW:
+        if self.unanswered[worker] >= SEND_WINDOW or not self.held[worker]:
             return
         for job in self.jobs[worker]:
             if job.held:
                 self._send(job.buf, worker, C.TAG_JOB)
                 job.buf = None
                 job.sent_at = time.monotonic()
+                self.held[worker] -= 1
                 self.unanswered[worker] += 1
-                if self.unanswered[worker] >= SEND_WINDOW:
+                if self.unanswered[worker] >= SEND_WINDOW or not self.held[worker]:
                     return
 
     def _withdraw_held(self, worker: int, version: int) -> None:
@@ -362,6 +385,7 @@ class Master:
             job = q.pop()
             self.mirror.restore(worker, job.undo)
             self.row_messages -= 1
+            self.held[worker] -= 1
             job.buf = None
 
     def send_signs(self, worker: int, eps: np.ndarray) -> None:
@@ -435,7 +459,8 @@ class Master:
             else:
                 heapq.heappush(self.ready, (self.arrivals, job.seq, worker))
                 self.arrivals += 1
-        self._send_held(worker)
+        if self.held[worker]:
+            self._send_held(worker)
 
     def _count_dropped(self, samples: int, sent_gradient: bool = False) -> None:
         """A dropped job's work (the samples it got through) counts as load in the
@@ -537,8 +562,6 @@ class Master:
                     self.trees_wanted.discard(j)
                     self.last_heard[j] = time.monotonic()
                     got = True
-        if len(self.sends) > 8 * self.M:
-            self._reap_sends()
         return got
 
     def _wait(self, done, what: str, backoff: C.Backoff | None = None, give_up=None) -> list[int]:
@@ -546,15 +569,18 @@ class Master:
         ``give_up()`` may end the wait early by returning the workers it gives up on."""
         backoff = backoff or C.Backoff()
         started = time.monotonic()
+        idle = 0
         while not done():
             if self._poll():
                 continue
-            self._watch(started, what)
-            if give_up is not None:
-                lagging = give_up()
-                if lagging:
-                    backoff.done()
-                    return lagging
+            idle += 1
+            if idle % 16 == 0:  # the clocks are looked at now and then, not on every poll
+                self._watch(started, what)
+                if give_up is not None:
+                    lagging = give_up()
+                    if lagging:
+                        backoff.done()
+                        return lagging
             backoff.wait()
         backoff.done()
         return []
@@ -947,10 +973,12 @@ class Master:
         self.progress_updates += 1
         self.stop_reason = self.should_stop()
         if not self.stop_reason:
-            if self._eval_is_due():
-                self.evaluate()
-            if self._checkpoint_is_due():
-                self.checkpoint(postpone=True)
+            if self.eval_due or self.eval_seconds or (self.eval_every and self.version % self.eval_every == 0):
+                if self._eval_is_due():
+                    self.evaluate()
+            if self.postponed is not None or (self.ckpt_every and self.version % self.ckpt_every == 0):
+                if self._checkpoint_is_due():
+                    self.checkpoint(postpone=True)
         self._progress()
 
     def _progress(self, force: bool = False) -> None:
@@ -990,5 +1018,6 @@ class Master:
         for req in self.recvs:
             req.Cancel()
         MPI.Request.Waitall(self.recvs)
-        C.wait_all([r for r, _ in self.sends])
-        self.sends.clear()
+        C.wait_all(self.send_reqs)
+        self.send_reqs.clear()
+        self.send_bufs.clear()
