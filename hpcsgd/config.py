@@ -436,6 +436,14 @@ def _batch_chosen(cfg: dict) -> str | None:
     return None
 
 
+def _source_is_a_file(cfg: dict) -> str | None:
+    from hpcsgd.data.dataset import names_a_file
+    source = _get(cfg, "data.source")
+    if isinstance(source, str) and names_a_file(source):
+        return f"data.source = {_show(source)} is a file path, not a name looked up in data.dir"
+    return None
+
+
 def _time_stays(cfg: dict) -> str | None:
     if _get(cfg, "run.clock") == "simulated" and _get(cfg, "stragglers.model") == "none":
         return "run.clock = 'simulated' with stragglers.model = 'none' keeps simulated time at 0"
@@ -457,6 +465,7 @@ _DELAYS = _unless("stragglers.model", "none", why="injects no delay")
 READ_BY: dict[tuple[str, str], Reason] = {
     ("run", "max_seconds"): _time_stays,
     ("data", "alpha"): _only("data.partition", "dirichlet"),
+    ("data", "dir"): _source_is_a_file,
     ("model", "hidden"): _only("model.kind", "mlp"),
     ("model", "init_scale"): _only("model.init", "normal"),
     ("method", "lr"): _unless("method.kind", *_DELAY_LIKE, why="steps by method.stepsize from gamma' "

@@ -419,3 +419,11 @@ def test_injected_delays_near_the_watchdog_warn():
     assert resolve_checked({**slow, "run": {"worker_timeout": 0}})[1] == []      # watchdog off
     assert resolve_checked({**slow, "run": {"clock": "simulated"}})[1] == []     # nobody sleeps
     assert resolve_checked({"stragglers": {"model": "fixed", "comm_mean": 1.0}})[1] == []
+
+
+def test_data_dir_next_to_a_file_path_warns():
+    from hpcsgd.config import resolve_checked
+    warnings = resolve_checked({"data": {"source": "/tmp/x.h5", "dir": "elsewhere"}})[1]
+    assert warnings == ["config: data.dir = 'elsewhere' is ignored: data.source = '/tmp/x.h5' is a file path, "
+                        "not a name looked up in data.dir"], warnings
+    assert resolve_checked({"data": {"source": "digits", "dir": "elsewhere"}})[1] == []

@@ -122,6 +122,13 @@ def _attr_str(value) -> str:
     return str(value)
 
 
+def names_a_file(source: str) -> bool:
+    """``data.source`` is a path (ends in .h5/.hdf5/.hdf or holds a path separator),
+    not a prepared set name looked up in ``data.dir``."""
+    source = source.strip()
+    return source.lower().endswith(_H5_SUFFIXES) or "/" in source or os.sep in source
+
+
 def resolve_source(source: str, data_dir: Path = Path("data")) -> Path:
     """Map ``data.source`` to a file: a name -> ``data_dir/NAME.h5``; a path -> itself.
 
@@ -131,8 +138,7 @@ def resolve_source(source: str, data_dir: Path = Path("data")) -> Path:
         raise UserError(f"data.source must be a prepared data set name (e.g. mnist5k) or a path "
                         f"to an .h5 file, got {source!r}")
     source = source.strip()
-    is_path = source.lower().endswith(_H5_SUFFIXES) or "/" in source or os.sep in source
-    if is_path:
+    if names_a_file(source):
         path = Path(source).expanduser()
         _refuse_directory(path)
         if not path.is_file():
