@@ -597,6 +597,9 @@ def _check_cross(cfg: dict) -> None:
         if not m["gamma_prime"] and m["L"] and not math.isfinite(m["h"] / m["L"]):
             raise UserError(f"config: method.h / method.L = {m['h']} / {m['L']} is not a finite gamma'; "
                             f"give a larger method.L or method.gamma_prime")
+        if not m["gamma_prime"] and not m["L"] and cfg["model"]["kind"] == "mlp":
+            raise UserError(f"config: method.kind = {m['kind']!r} needs gamma' and cannot estimate the "
+                            f"smoothness of model.kind = 'mlp'; give method.L or method.gamma_prime")
     if m["kind"] == "async_bcd" and cfg["data"]["partition"] != "replicate":
         raise UserError(f"config: method.kind = 'async_bcd' steps along block gradients of the whole "
                         f"objective, so every worker needs every row: set data.partition = 'replicate' "

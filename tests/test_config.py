@@ -427,3 +427,11 @@ def test_data_dir_next_to_a_file_path_warns():
     assert warnings == ["config: data.dir = 'elsewhere' is ignored: data.source = '/tmp/x.h5' is a file path, "
                         "not a name looked up in data.dir"], warnings
     assert resolve_checked({"data": {"source": "digits", "dir": "elsewhere"}})[1] == []
+
+
+@pytest.mark.parametrize("kind", ["piag", "async_bcd"])
+def test_delay_adaptive_mlp_needs_a_step_scale_at_start(kind):
+    raw = {"method": {"kind": kind}, "model": {"kind": "mlp"}, "data": {"partition": "replicate"}}
+    with pytest.raises(UserError, match=r"smoothness of model.kind = 'mlp'; give method.L or method.gamma_prime"):
+        resolve(raw)
+    resolve({**raw, "method": {"kind": kind, "gamma_prime": 0.5}})
