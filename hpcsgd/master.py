@@ -264,6 +264,10 @@ class Master:
         self.worker_timeout = cfg["run"]["worker_timeout"]
         self.stop_timeout = cfg["run"]["stop_timeout"]
         self.stop_deadline = math.inf
+        # wall clock, no other stopping rule: the epoch count needs every worker
+        self.epochs_only = (not self.simulated and bool(cfg["run"]["epochs"])
+                            and not cfg["run"]["max_updates"] and not cfg["run"]["max_seconds"])
+        self.next_epochs_check = 0.0
 
         self.max_updates = cfg["run"]["max_updates"]
         self.max_epochs = cfg["run"]["epochs"]
@@ -979,7 +983,22 @@ class Master:
             if self.postponed is not None or (self.ckpt_every and self.version % self.ckpt_every == 0):
                 if self._checkpoint_is_due():
                     self.checkpoint(postpone=True)
+            if self.epochs_only and self.worker_timeout:
+                self._check_epochs_can_end()
         self._progress()
+
+    def _check_epochs_can_end(self) -> None:
+        """run.epochs counts the slowest worker's passes: a run that stops on nothing else
+        cannot end while a worker is silent, even if updates go on without it (the other
+        waits' watchdog never fires then).  Looked at once a second."""
+        now = time.monotonic()
+        if now < self.next_epochs_check:
+            return
+        self.next_epochs_check = now + 1.0
+        silent = [j for j in self.workers if self.unanswered[j] and self._quiet_for(j, now) >= self.worker_timeout]
+        if silent:
+            raise WorkerSilentError(silent, f"run.epochs = {self.max_epochs} is the only stopping rule and "
+                                            f"needs every worker's passes (run.worker_timeout)")
 
     def _progress(self, force: bool = False) -> None:
         if self.quiet or not self.progress_every:

@@ -138,3 +138,23 @@ def test_a_stop_request_while_the_master_waits_in_vain_ends_with_the_last_checkp
     took, line = frozen_sync_job(tmp_path, "run.stop_timeout=3", signal_after=1.0)
     print(f"\nstop while waiting: exit 4 {took:.1f} s after SIGTERM (run.stop_timeout = 3)")
     assert "stop request (SIGTERM)" in line and "run.stop_timeout" in line, line
+
+
+def test_an_epochs_rule_that_a_frozen_worker_blocks_ends_at_the_watchdog(tmp_path):
+    """fastest_k goes on without the frozen worker, but run.epochs counts the slowest
+    worker's passes: with no other stopping rule the run could never end."""
+    cfg = wall_job(tmp_path, k=3)
+    out = tmp_path / "run"
+    lines = Lines(start(cfg, out, "run.max_seconds=0", "run.epochs=100000", "run.worker_timeout=3", n=5))
+    lines.wait_for("[hpcsgd] update", timeout=60)
+    first_checkpoint(out)
+    pid = freeze(lines.proc, FROZEN)
+    since = time.monotonic()
+    try:
+        rc, text = lines.finish(timeout=60)
+    finally:
+        thaw(pid)
+    took = time.monotonic() - since
+    line = next((x for x in text.splitlines() if x.startswith("hpcsgd: error")), "")
+    assert rc == 4 and 3.0 <= took < 15.0, f"exit {rc} after {took:.1f} s:\n{text}"
+    assert f"no reply from worker {FROZEN}" in line and "run.epochs = 100000 is the only stopping rule" in line, line
