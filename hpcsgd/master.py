@@ -49,7 +49,9 @@ from hpcsgd.errors import CheckpointWriteError, DivergenceError, WorkerSilentErr
 from hpcsgd.kernels.optim import heavy_ball_step, sgd_step
 from hpcsgd.kernels.regularizers import prox_l1
 from hpcsgd.stop import StopRequest
-from hpcsgd.stragglers import STREAM_METHOD, make_stream, samples_done, set_stream_state, stream_state
+from hpcsgd import streams
+from hpcsgd.streams import make_stream, set_stream_state, stream_state
+from hpcsgd.stragglers import samples_done
 from hpcsgd.trace import EVAL_COLUMNS, TRACE_COLUMNS, Table
 
 
@@ -206,7 +208,7 @@ class Master:
         self.params = np.zeros(self.d)
         self.momentum = np.zeros(self.d)
         self.version = 0
-        self.rng = make_stream(cfg["run"]["seed"], 0, STREAM_METHOD)
+        self.rng = make_stream(cfg["run"]["seed"], 0, streams.METHOD)
         self.mirror = EpochMirror(shard_sizes)
         self.contributions = [0] * (self.M + 1)  # applied gradients per worker
         self.trace = Table(TRACE_COLUMNS)

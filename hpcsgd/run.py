@@ -27,7 +27,9 @@ from hpcsgd.methods import make_method
 from hpcsgd.models import make_model
 from hpcsgd.ordering import EpochCursor, make_ordering
 from hpcsgd.stop import StopRequest
-from hpcsgd.stragglers import STREAM_DELAY, STREAM_INIT, DelayModel, make_stream, set_stream_state
+from hpcsgd import streams
+from hpcsgd.streams import make_stream, set_stream_state
+from hpcsgd.stragglers import DelayModel
 from hpcsgd.worker import Worker, load_worker_state
 
 
@@ -216,7 +218,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     cursor = EpochCursor(ordering)
     if cfg["order"]["record_history"]:
         cursor.history = []
-    delay = DelayModel(cfg["stragglers"], rank, make_stream(cfg["run"]["seed"], rank, STREAM_DELAY))
+    delay = DelayModel(cfg["stragglers"], rank, make_stream(cfg["run"]["seed"], rank, streams.DELAY))
     with StopRequest() as stop:
         return Worker(comm, cfg, model, X, y, X_test, y_test, cursor, delay, stop).run()
 
@@ -234,7 +236,7 @@ def _run_master(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, 
     master = Master(comm, cfg, model, sizes, method, run_dir, stop, hosts=hosts,
                     test_rows=rows["test_rows"], data_fingerprint=rows["fingerprint"], quiet=quiet)
     if resume_tree is None:
-        init_rng = make_stream(cfg["run"]["seed"], 0, STREAM_INIT)
+        init_rng = make_stream(cfg["run"]["seed"], 0, streams.INIT)
         master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
     else:
         states = master.load_state(resume_tree)
@@ -340,13 +342,13 @@ def check_loadable(tree: dict) -> None:
             raise ValueError(f"shard sizes {sizes} do not fit {M} workers")
         method = make_method(cfg, sizes, tree["model"]["params"].size, cfg["method"]["L"] or 1.0)
         method.load_state_dict(tree["state"]["method"])
-        set_stream_state(make_stream(0, 0, STREAM_INIT), tree["rng"]["master"]["method"])
+        set_stream_state(make_stream(0, 0, streams.INIT), tree["rng"]["master"]["method"])
         for j, state in worker_states(tree, sizes).items():
             ordering = make_ordering(cfg["order"]["kind"], [sizes[j - 1]], cfg["run"]["seed"], workers=[j])
             cursor = EpochCursor(ordering)
             if "history" in state["order"]:
                 cursor.history = []
-            load_worker_state(cursor, make_stream(0, j, STREAM_DELAY), j, state)
+            load_worker_state(cursor, make_stream(0, j, streams.DELAY), j, state)
     except (KeyError, IndexError, TypeError, ValueError, AssertionError) as exc:
         raise ValueError(f"its saved state does not load ({type(exc).__name__}: {exc})") from None
 

@@ -12,29 +12,7 @@ clock T *is* the job's duration and nobody sleeps.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
-
-# Purposes of the random streams.  Every stream is
-# Generator(PCG64(SeedSequence(run.seed, spawn_key=(rank, purpose)))), so each rank's
-# streams are independent of the others and of how many ranks there are.
-STREAM_INIT = 0
-STREAM_ORDER = 1
-STREAM_DELAY = 2
-STREAM_METHOD = 3
-
-
-def make_stream(seed: int, rank: int, purpose: int) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(rank, purpose))))
-
-
-def stream_state(rng: np.random.Generator) -> str:
-    return json.dumps(rng.bit_generator.state)
-
-
-def set_stream_state(rng: np.random.Generator, text: str) -> None:
-    rng.bit_generator.state = json.loads(text)
 
 
 class DelayModel:

@@ -17,7 +17,8 @@ from mpi4py import MPI
 from hpcsgd import comm as C
 from hpcsgd.ordering import EpochCursor
 from hpcsgd.stop import StopRequest
-from hpcsgd.stragglers import DelayModel, samples_done, set_stream_state, stream_state
+from hpcsgd.streams import set_stream_state, stream_state
+from hpcsgd.stragglers import DelayModel, samples_done
 
 
 class Worker:

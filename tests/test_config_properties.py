@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from hpcsgd.config import (INT_LIMIT, SCHEMA, check_layout, keys_read, parse_override, resolve, resolve_checked)
 from hpcsgd.errors import UserError
 from hpcsgd.methods import make_method, stage_targets
-from hpcsgd.stragglers import DelayModel, make_stream
+from hpcsgd.streams import make_stream
+from hpcsgd.stragglers import DelayModel
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DOTTED = [f"{t}.{k}" for t, keys in SCHEMA.items() for k in keys]

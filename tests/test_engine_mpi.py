@@ -312,8 +312,10 @@ class JobClock:
     delays, so the batch size does not matter)."""
 
     def __init__(self, M: int, seed: int, stragglers: dict):
-        from hpcsgd.stragglers import STREAM_DELAY, DelayModel, make_stream
-        self.delays = {j: DelayModel(stragglers, j, make_stream(seed, j, STREAM_DELAY)) for j in range(1, M + 1)}
+        from hpcsgd import streams
+        from hpcsgd.stragglers import DelayModel
+        self.delays = {j: DelayModel(stragglers, j, streams.make_stream(seed, j, streams.DELAY))
+                       for j in range(1, M + 1)}
         self.end = {j: 0.0 for j in range(1, M + 1)}
         self.outstanding = {j: 0 for j in range(1, M + 1)}
         self.events, self.seq = [], 0
@@ -336,8 +338,8 @@ def simulate_async(M: int, rule: str, seed: int, updates: int, stragglers: dict)
     """A single-process event simulation of asynchronous SGD's schedule: per update the
     finisher, its staleness, the worker given the new job, that worker's outstanding
     jobs and the simulated time."""
-    from hpcsgd.stragglers import STREAM_METHOD, make_stream
-    clock, rng = JobClock(M, seed, stragglers), make_stream(seed, 0, STREAM_METHOD)
+    from hpcsgd import streams
+    clock, rng = JobClock(M, seed, stragglers), streams.make_stream(seed, 0, streams.METHOD)
     version, perm, out = 0, [], []
     for j in range(1, M + 1):
         clock.assign(j, 0.0, version)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from hpcsgd.config import resolve
-from hpcsgd.stragglers import DelayModel, make_stream
+from hpcsgd.streams import make_stream
+from hpcsgd.stragglers import DelayModel
 
 
 def model(worker=1, **stragglers):

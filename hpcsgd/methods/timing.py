@@ -17,9 +17,9 @@ import math
 
 import numpy as np
 
+from hpcsgd import streams
 from hpcsgd.stragglers import DelayModel
 
-STREAM_TIMING = 4  # Monte Carlo draws for mu, one sub-stream per batch size
 
 
 def harmonic(n: int) -> float:
@@ -47,7 +47,7 @@ class _KthOrderTimes:
         # A sub-stream per batch size: estimates do not depend on the order of queries,
         # so a resumed run recomputes exactly the values the first run saw.
         return np.random.Generator(np.random.PCG64(
-            np.random.SeedSequence(self.seed, spawn_key=(0, STREAM_TIMING, b, *more))))
+            np.random.SeedSequence(self.seed, spawn_key=(0, streams.TIMING, b, *more))))
 
     def _draws(self, b: int) -> np.ndarray:
         """[samples, M] response times for jobs of b samples."""

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from hpcsgd.stragglers import STREAM_ORDER, make_stream, set_stream_state, stream_state
+from hpcsgd import streams
+from hpcsgd.streams import make_stream, set_stream_state, stream_state
 
 _LARGEST = 2**62  # bound for counters that have no natural one (epoch, d)
 
@@ -110,7 +111,7 @@ class Ordering:
             raise ValueError(f"one size per worker: {len(self.sizes)} sizes for workers {self.workers}")
         if len(set(self.workers)) != len(self.workers):
             raise ValueError(f"worker numbers must be distinct, got {self.workers}")
-        self.rngs = [make_stream(seed, j, STREAM_ORDER) for j in self.workers]
+        self.rngs = [make_stream(seed, j, streams.ORDER) for j in self.workers]
         self.epoch = 0
 
     def next_epoch(self) -> list[np.ndarray]:
