@@ -36,7 +36,7 @@ import math
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from mpi4py import MPI
 from hpcsgd import __version__, checkpoint
 from hpcsgd import comm as C
 from hpcsgd.config import to_json
+from hpcsgd.engine.interface import Assignment, Result
 from hpcsgd.errors import CheckpointWriteError, DivergenceError, WorkerSilentError
 from hpcsgd.kernels.optim import heavy_ball_step, sgd_step
 from hpcsgd.kernels.regularizers import prox_l1
@@ -86,28 +87,6 @@ class Job:
     @property
     def held(self) -> bool:
         return self.buf is not None
-
-
-@dataclass(slots=True)
-class Result:
-    worker: int
-    version: int
-    batch: int
-    samples: int
-    duration: float
-    delay_comm: float
-    compute_seconds: float
-    loss_sum: float
-    abandoned: bool
-    epoch: int
-    stop: bool         # the worker was asked to stop (a signal on its rank)
-    grad: np.ndarray
-    pairs: np.ndarray  # [Q, d] pair differences (Q = 0 unless the master balances)
-    buf: np.ndarray = field(repr=False)
-
-
-def _carries_gradient(r: Result) -> bool:
-    return r.samples > 0 and not r.abandoned
 
 
 class EpochMirror:
@@ -220,7 +199,7 @@ class Master:
         self.worker_end = np.zeros(self.M + 1)
         self.jobs: dict[int, deque[Job]] = {j: deque() for j in self.workers}
         self.ready: list[tuple[float, int, int]] = []  # (sim time or arrival number, seq, worker)
-        self.pending: list[tuple[int, int, int]] = []  # assignments not yet made
+        self.pending: list[Assignment] = []  # assignments not yet made
 
         # per-row counters, flushed into each trace row
         self.row_samples = 0
@@ -332,8 +311,9 @@ class Master:
                 self.spare_job_bufs.append(buf)
         self.retired_bufs = keep
 
-    def assign(self, worker: int, batch: int, flags: int) -> None:
-        """Create a job at the current model for ``worker``; it queues behind its others."""
+    def assign(self, a: Assignment) -> None:
+        """Create a job at the current model for ``a.worker``; it queues behind its others."""
+        worker, batch, flags = a.worker, a.batch, C.FLAG_PREEMPTIBLE if a.preemptible else 0
         undo = self.mirror.position(worker)
         actual = self.mirror.take(worker, batch)
         buf = self._job_buffer(actual, flags)
@@ -400,8 +380,8 @@ class Master:
 
     def _assign_pending(self) -> None:
         pending, self.pending = self.pending, []
-        for worker, batch, flags in pending:
-            self.assign(worker, batch, flags)
+        for a in pending:
+            self.assign(a)
 
     def _receive_some(self) -> bool:
         """Move arrived results onto their jobs; True if anything arrived."""
@@ -460,7 +440,7 @@ class Master:
             job.t_done = self.wall_time()
             self.method.observe(job, r)
             if job.cancelled:
-                self._count_dropped(r.samples, sent_gradient=_carries_gradient(r))
+                self._count_dropped(r.samples, sent_gradient=r.carries_gradient)
                 self._forget(job)
             else:
                 heapq.heappush(self.ready, (self.arrivals, job.seq, worker))
@@ -501,7 +481,7 @@ class Master:
                 job.cancel_time = t
                 if not self.simulated:
                     if job.result is not None:
-                        self._count_dropped(job.result.samples, sent_gradient=_carries_gradient(job.result))
+                        self._count_dropped(job.result.samples, sent_gradient=job.result.carries_gradient)
                         self._forget(job)
                     continue  # counted and forgotten when its reply arrives
                 if job.result is None:
@@ -622,6 +602,12 @@ class Master:
                                                 f"(run.worker_timeout) for {what}")
         if not owing:
             raise RuntimeError(f"the master waits for {what} but no worker owes it anything")
+
+    def queued(self, worker: int) -> int:
+        return len(self.jobs[worker])
+
+    def at_epoch_end(self) -> bool:
+        return self.mirror.at_epoch_end()
 
     def overdue_seconds(self) -> list[float]:
         """Wall clock: per worker (index rank - 1), how long its oldest unanswered job
@@ -847,7 +833,8 @@ class Master:
             for j, h in histories.items():
                 hist[:h.shape[0], j - 1, :h.shape[1]] = h
             order["history"] = hist
-        pending = np.array(self.pending, dtype=np.int64).reshape(-1, 3)
+        pending = np.array([(a.worker, a.batch, C.FLAG_PREEMPTIBLE if a.preemptible else 0) for a in self.pending],
+                           dtype=np.int64).reshape(-1, 3)
         return {
             "update": self.version, "epoch": self.mirror.epoch(), "method": self.method.name,
             "world_size": M + 1, "config": to_json(self.cfg), "clock": self.cfg["run"]["clock"],
@@ -887,7 +874,7 @@ class Master:
         self.worker_end[:] = eng["worker_end"]
         self.contributions = [int(c) for c in eng["contributions"]]
         self.mirror.load(eng)
-        self.pending = [tuple(int(x) for x in row) for row in eng["pending"]]
+        self.pending = [Assignment(int(w), int(b), bool(int(f) & C.FLAG_PREEMPTIBLE)) for w, b, f in eng["pending"]]
         self.arrivals = int(eng["arrivals"])
         self._load_inflight(eng["inflight"])
         self.row_samples = int(eng["row_samples"])

@@ -16,6 +16,9 @@ class FakeEngine:
         self.jobs = {j: [None] * (j < M) for j in range(1, M + 1)}  # M - 1 jobs in flight
         self.applied = []
 
+    def queued(self, worker):
+        return len(self.jobs[worker])
+
     def apply(self, grad, *, contributors, staleness, batch, extra):
         self.applied.append((contributors[0], staleness, extra["assigned"], extra["queue"]))
         self.version += 1

@@ -34,6 +34,9 @@ class FakeEngine:
     def overdue_seconds(self):
         return self.overdue
 
+    def at_epoch_end(self):
+        return False
+
     overdue = None
 
 

@@ -19,6 +19,7 @@ from collections import deque
 
 import numpy as np
 
+from hpcsgd.engine.interface import Assignment
 from hpcsgd.methods.base import Method
 from hpcsgd.methods.stepsize import StepPolicy
 
@@ -36,7 +37,7 @@ class AsyncBCD(Method):
 
     def _job(self, worker: int, rng: np.random.Generator):
         self.pending[worker].append(int(rng.integers(len(self.blocks))))
-        return (worker, self.batch, 0)
+        return Assignment(worker, self.batch)
 
     def start(self, engine):
         return [self._job(j, engine.rng) for j in range(1, self.n_workers + 1)]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcsgd.engine.interface import Assignment
 from hpcsgd.methods.base import Method
 
 RULES = ("pure", "random", "shuffle", "shuffle_once")
@@ -35,7 +36,7 @@ class AsyncSGD(Method):
         self.pos = 0                             # next index into perm
 
     def start(self, engine):
-        return [(j, self.batch, 0) for j in range(1, self.n_workers + 1)]
+        return [Assignment(j, self.batch) for j in range(1, self.n_workers + 1)]
 
     def next_worker(self, finisher: int, rng: np.random.Generator) -> int:
         if self.assign == "pure":
@@ -50,13 +51,13 @@ class AsyncSGD(Method):
         return int(self.perm[self.pos - 1])
 
     def on_result(self, engine, r):
-        assert sum(map(len, engine.jobs.values())) == self.n_workers - 1, "async keeps M jobs"
+        assert sum(map(engine.queued, range(1, self.n_workers + 1))) == self.n_workers - 1, "async keeps M jobs"
         j = self.next_worker(r.worker, engine.rng)
         # jobs outstanding at the chosen worker once the new one is queued
-        queue = len(engine.jobs[j]) + 1
+        queue = engine.queued(j) + 1
         engine.apply(r.grad, contributors=[r.worker], staleness=engine.version - r.version,
                      batch=r.batch, extra={"assigned": j, "queue": queue})
-        return [(j, self.batch, 0)]
+        return [Assignment(j, self.batch)]
 
     def state_dict(self) -> dict:
         return {"perm": self.perm.copy(), "pos": self.pos}

@@ -1,23 +1,26 @@
-"""The interface every update rule implements (see ``hpcsgd.methods``)."""
+"""The interface every update rule implements (see ``hpcsgd.methods``); the engine it
+drives is ``hpcsgd.engine.interface.Engine``."""
 
 from __future__ import annotations
+
+from hpcsgd.engine.interface import Assignment, Engine, JobTimes, Result
 
 
 class Method:
     name = ""
 
-    def start(self, engine) -> list[tuple[int, int, int]]:
-        """The first job assignments, ``[(worker, batch, flags), ...]``."""
+    def start(self, engine: Engine) -> list[Assignment]:
+        """The first jobs to create."""
         raise NotImplementedError
 
-    def on_result(self, engine, r) -> list[tuple[int, int, int]]:
-        """See one live result; may ``engine.apply``; return the jobs to hand out next."""
+    def on_result(self, engine: Engine, r: Result) -> list[Assignment]:
+        """See one live result; may ``engine.apply``; return the jobs to create next."""
         raise NotImplementedError
 
-    def observe(self, job, r) -> None:
+    def observe(self, job: JobTimes, r: Result) -> None:
         """Wall clock: every reply as it arrives, cancelled jobs' included."""
 
-    def flush(self, engine) -> None:
+    def flush(self, engine: Engine) -> None:
         """Finish work kept off the critical path (called after sending jobs and before
         every checkpoint)."""
 

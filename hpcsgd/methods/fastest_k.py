@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcsgd.comm import FLAG_PREEMPTIBLE
+from hpcsgd.engine.interface import Assignment
 from hpcsgd.kernels.optim import add_into
 from hpcsgd.methods.base import Method
 from hpcsgd.ordering.balance import CoordinatedSigns
@@ -32,8 +32,8 @@ class FastestK(Method):
 
     def _round(self):
         # Preemptible only when someone can be left behind; sync jobs always finish.
-        flags = FLAG_PREEMPTIBLE if self.k < self.n_workers else 0
-        return [(j, self.batch, flags) for j in range(1, self.n_workers + 1)]
+        preemptible = self.k < self.n_workers
+        return [Assignment(j, self.batch, preemptible) for j in range(1, self.n_workers + 1)]
 
     def start(self, engine):
         return self._round()
@@ -62,7 +62,7 @@ class FastestK(Method):
             # Workers need the signs only to finish the next epoch's order: compute them
             # while the workers run the next step, unless that step starts a new epoch.
             self.deferred_epoch = r.epoch
-            if engine.mirror.at_epoch_end():
+            if engine.at_epoch_end():
                 self.flush(engine)
         self.contributors = []
         return self._round()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from hpcsgd.kernels.optim import add_into
+from hpcsgd.engine.interface import Assignment
 from hpcsgd.methods.base import Method
 
 
@@ -44,7 +45,7 @@ class GSGM(Method):
         self.deferrals = 0           # gradients deferred since the last update
 
     def start(self, engine):
-        return [(j, self.batch, 0) for j in range(1, self.n_workers + 1)]
+        return [Assignment(j, self.batch) for j in range(1, self.n_workers + 1)]
 
     def on_result(self, engine, r):
         k = r.worker
@@ -53,7 +54,7 @@ class GSGM(Method):
                 add_into(self.deferred_sum[k], r.grad)
             self.deferred_count[k] += 1
             self.deferrals += 1
-            return [(k, self.batch, 0)]
+            return [Assignment(k, self.batch)]
         averaged = 1
         grad, scale = r.grad, 1.0
         if self.average and self.deferred_count[k]:
@@ -72,7 +73,7 @@ class GSGM(Method):
             if not self.listed.any():
                 self.listed[1:] = True
                 self.round += 1
-        return [(k, self.batch, 0)]
+        return [Assignment(k, self.batch)]
 
     def state_dict(self) -> dict:
         return {"listed": self.listed.copy(), "round": self.round, "deferred_sum": self.deferred_sum.copy(),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcsgd.engine.interface import Assignment
 from hpcsgd.methods.base import Method
 from hpcsgd.methods.stepsize import StepPolicy
 
@@ -36,7 +37,7 @@ class PIAG(Method):
         self.reported: list[int] = []  # workers absorbed since the last update
 
     def start(self, engine):
-        return [(j, self.batch, 0) for j in range(1, self.n_workers + 1)]
+        return [Assignment(j, self.batch) for j in range(1, self.n_workers + 1)]
 
     def on_result(self, engine, r):
         i = r.worker - 1
@@ -51,7 +52,7 @@ class PIAG(Method):
         tau = engine.version - int(self.versions.min())
         gamma = self.policy.step(tau)
         engine.apply(self.total, contributors=self.reported, staleness=tau, batch=r.batch, step_size=gamma)
-        jobs = [(j, self.batch, 0) for j in self.reported]
+        jobs = [Assignment(j, self.batch) for j in self.reported]
         self.reported = []
         return jobs
 
