@@ -49,11 +49,10 @@ RESULT_HEADER = 11
 
 
 
-def result_length(d: int, order: dict) -> int:
-    """Longest result message: header, gradient, and CD-GraB's pair differences
-    (B/2 per job; one every other job when B = 1)."""
-    pairs = max(order["batch"] // 2, 1) if order["kind"] == "cd_grab" else 0
-    return RESULT_HEADER + d * (1 + pairs)
+def result_length(d: int, pair_differences: int) -> int:
+    """Longest result message: header, gradient, and the pair differences a coordinated
+    ordering ships (``Ordering.pair_differences``)."""
+    return RESULT_HEADER + d * (1 + pair_differences)
 
 
 # Evaluation reply: sums over the worker's rows, then the gradient sum over train rows.

@@ -49,6 +49,7 @@ from hpcsgd.engine.interface import Assignment, Result
 from hpcsgd.errors import CheckpointWriteError, DivergenceError, WorkerSilentError
 from hpcsgd.kernels.optim import heavy_ball_step, sgd_step
 from hpcsgd.kernels.regularizers import prox_l1
+from hpcsgd.ordering import ORDERINGS
 from hpcsgd.stop import StopRequest
 from hpcsgd import streams
 from hpcsgd.streams import make_stream, set_stream_state, stream_state
@@ -223,7 +224,7 @@ class Master:
         self.job_bufs_version = -1
         self.retired_bufs: list[np.ndarray] = []  # older versions' buffers, reusable once unused
         self.spare_job_bufs: list[np.ndarray] = []
-        self.recv_size = C.result_length(self.d, cfg["order"])
+        self.recv_size = C.result_length(self.d, ORDERINGS[cfg["order"]["kind"]].pair_differences(cfg["order"]["batch"]))
         self.free_bufs: list[np.ndarray] = []
         self.recv_bufs: dict[int, np.ndarray] = {}
         self.recvs = [self._post_recv(j) for j in self.workers]

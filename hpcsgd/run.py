@@ -25,7 +25,7 @@ from hpcsgd.lock import RunLock
 from hpcsgd.master import Master, worker_states
 from hpcsgd.methods import make_method
 from hpcsgd.models import make_model
-from hpcsgd.ordering import EpochCursor, make_ordering
+from hpcsgd.ordering import ORDERINGS, EpochCursor, make_ordering
 from hpcsgd.stop import StopRequest
 from hpcsgd import streams
 from hpcsgd.streams import make_stream, set_stream_state
@@ -106,7 +106,7 @@ def _setup(comm: MPI.Comm, cfg: dict):
     model = make_model(cfg["model"]["kind"], info.n_features, n_classes, hidden=cfg["model"]["hidden"],
                        l2=cfg["model"]["l2"], nonconvex=cfg["model"]["nonconvex"])
     sizes = [len(p) for p in parts]
-    if cfg["order"]["kind"] == "cd_grab":
+    if ORDERINGS[cfg["order"]["kind"]].coordinated:
         # Shared pointers need equal shards: every worker trains on the first n_min rows
         # of its shard (all of them are still evaluated).
         sizes = [min(sizes)] * M
@@ -250,7 +250,7 @@ def _run_master(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, 
               f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
         visited = sum(sizes)
         if visited < rows["train_rows"]:
-            print(f"[hpcsgd] order.kind = 'cd_grab' needs equal shards: training visits "
+            print(f"[hpcsgd] order.kind = {cfg['order']['kind']!r} needs equal shards: training visits "
                   f"{visited} of the {rows['train_rows']} training rows ({sizes[0]} per worker, "
                   f"the smallest shard); evaluation covers all {rows['train_rows']}", flush=True)
         if rows["test_rows"] == 0:

@@ -46,11 +46,6 @@ class DelayModel:
             compute = batch * self._sample(self.compute_mean, rng, size)
         return comm, compute
 
-    def duration(self, batch: int) -> float:
-        """Seconds for one job of ``batch`` samples."""
-        comm, compute = self.draw(batch)
-        return comm + compute
-
     def _sample(self, mean: float, rng: np.random.Generator, size: int | None):
         """One draw (``size=None``) or ``size`` draws with the given mean."""
         kind = self.kind

@@ -38,12 +38,13 @@ class Worker:
         self.delay = delay
         self.simulated = cfg["run"]["clock"] == "simulated"
         d = model.dim
-        self.kind = cfg["order"]["kind"]
-        self.per_example = self.kind in ("grab", "pair", "cd_grab")
+        ordering = cursor.ordering
+        self.per_example = ordering.per_example
+        self.coordinated = ordering.coordinated
         batch = cfg["order"]["batch"]
         self.inbox = np.empty(C.JOB_HEADER + max(d, batch))  # a job, or up to B/2 signs
         self.params = self.inbox[C.JOB_HEADER:C.JOB_HEADER + d]  # the model of a job or evaluation
-        self.result = np.empty(C.result_length(d, cfg["order"]))
+        self.result = np.empty(C.result_length(d, ordering.pair_differences(batch)))
         self.grads = np.empty((batch, d)) if self.per_example else None
         # CD-GraB pairs waiting for the master's signs, oldest first (signs may come one
         # job late: the master computes them while this worker runs the next step)
@@ -146,7 +147,7 @@ class Worker:
         waiting and an even batch takes the mean and the pair differences in one pass
         (``Model.pair_grads``), the differences written straight into ``out``."""
         b = idx.size
-        if self.kind == "cd_grab" and b % 2 == 0 and self.cursor.ordering.pending_id[0] < 0:
+        if self.coordinated and b % 2 == 0 and self.cursor.ordering.pending_id[0] < 0:
             d = grad.size
             diffs = out[C.RESULT_HEADER + d:C.RESULT_HEADER + d * (1 + b // 2)].reshape(b // 2, d)
             loss_sum = self.model.pair_grads(w, self.X, self.y, idx, grad, diffs)
@@ -158,7 +159,7 @@ class Worker:
         self.model.per_example_grads(w, self.X, self.y, idx, G)
         np.mean(G, axis=0, out=grad)
         loss_sum = self.model.loss_sum(w, self.X, self.y, idx)
-        if self.kind != "cd_grab":
+        if not self.coordinated:
             self.cursor.ordering.step(G[None])
             return loss_sum, 0
         first, second, diffs = self.cursor.ordering.pairs(0, G)

@@ -242,7 +242,7 @@ def test_layout_refuses_by_name_or_the_method_uses_the_configured_counts(raw, M,
             assert [k for k, _ in chosen] == sorted(set(k for k, _ in chosen))  # every switch changes k
     for j in range(1, M + 1):
         delay = DelayModel(cfg["stragglers"], j, make_stream(0, j, 2))
-        seconds = [delay.duration(max(batch, 1)) for _ in range(3)]
+        seconds = [sum(delay.draw(max(batch, 1))) for _ in range(3)]
         assert all(math.isfinite(x) and x >= 0 for x in seconds), seconds
     if cfg["stragglers"]["model"] != "none":
         means = np.array([cfg["stragglers"][k] for k in ("comm_mean", "compute_mean", "offset")])

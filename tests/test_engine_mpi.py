@@ -322,7 +322,7 @@ class JobClock:
 
     def assign(self, j: int, t: float, version: int) -> None:
         start = max(t, self.end[j])
-        self.end[j] = start + self.delays[j].duration(1)
+        self.end[j] = start + sum(self.delays[j].draw(1))
         self.outstanding[j] += 1
         heapq.heappush(self.events, (self.end[j], self.seq, j, version))  # ties: first assigned
         self.seq += 1

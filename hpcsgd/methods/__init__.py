@@ -18,6 +18,8 @@ decides what to apply and who computes what next.
 
 import numpy as np
 
+from hpcsgd.ordering import ORDERINGS
+
 from hpcsgd.methods.async_bcd import AsyncBCD
 from hpcsgd.methods.async_sgd import AsyncSGD
 from hpcsgd.methods.fastest_k import FastestK
@@ -60,7 +62,7 @@ def make_method(cfg: dict, shard_sizes: list[int], dim: int = 0, L: float = 0.0)
         return AsyncBCD(n_workers, batch, step_policy(cfg, L), dim, m["blocks"])
     if kind == "sync":
         return FastestK(n_workers, n_workers, batch, name="sync",
-                        coordinate=cfg["order"]["kind"] == "cd_grab")
+                        coordinate=ORDERINGS[cfg["order"]["kind"]].coordinated)
     if kind == "async":
         return AsyncSGD(n_workers, batch, m["assign"])
     if kind == "gsgm":

@@ -35,9 +35,8 @@ from hpcsgd.ordering.base import EpochCursor, Ordering
 from hpcsgd.ordering.shuffle import RandomReshuffling, ShuffleOnce
 
 ORDERINGS = {cls.kind: cls for cls in (RandomReshuffling, ShuffleOnce, GraB, PairBalance, CDGraB)}
-PAIR_ORDERS = ("pair", "cd_grab")
 
-__all__ = ["ORDERINGS", "PAIR_ORDERS", "CDGraB", "EpochCursor", "GraB", "Ordering", "PairBalance",
+__all__ = ["ORDERINGS", "CDGraB", "EpochCursor", "GraB", "Ordering", "PairBalance",
            "RandomReshuffling", "ShuffleOnce", "make_ordering"]
 
 

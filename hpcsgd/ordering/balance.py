@@ -65,7 +65,7 @@ def _as_float64(a: np.ndarray, what: str) -> np.ndarray:
 class _Balancing(Ordering):
     """Per-worker bookkeeping shared by all balancing orders."""
 
-    lockstep = False  # every worker's batch must have the same size
+    per_example = True
 
     def __init__(self, sizes, seed, workers=None):
         super().__init__(sizes, seed, workers)
@@ -123,7 +123,7 @@ class _Balancing(Ordering):
                 if g.shape[1] != d:
                     raise ValueError(f"{self.kind}: worker {self.workers[i]}'s {what} have shape {g.shape}, "
                                      f"expected [{axis}_j, {d}] (d = {d} as worker {self.workers[0]}'s)")
-            if self.lockstep and len(set(counts)) > 1:
+            if self.coordinated and len(set(counts)) > 1:  # every worker's batch the same size
                 raise ValueError(f"{self.kind} moves all workers together: every worker's {what} need the "
                                  f"same number of rows, got shapes {[g.shape for g in batch]}")
         else:
@@ -297,6 +297,8 @@ class GraB(_Balancing):
 class _Pairs(_Balancing):
     """Pairs consecutive visited examples; an unpaired one waits for the next step."""
 
+    pairs = True
+
     def __init__(self, sizes, seed, workers=None):
         super().__init__(sizes, seed, workers)
         self.pending_id = [-1] * len(self.sizes)
@@ -463,7 +465,7 @@ class CDGraB(_Pairs):
     """
 
     kind = "cd_grab"
-    lockstep = True
+    coordinated = True
 
     def __init__(self, sizes, seed, workers=None):
         super().__init__(sizes, seed, workers)

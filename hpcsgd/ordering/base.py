@@ -100,6 +100,18 @@ class StateReader:
 
 class Ordering:
     kind = ""
+    # What the rest of hpcsgd needs to know of an ordering (never its kind's name):
+    per_example = False  # needs every visited example's gradient (step(G), G [M, B, d])
+    pairs = False        # balances consecutive pairs: a batch must be even (or 1)
+    coordinated = False  # one running sum for all workers, signs decided at the master: the
+                         # workers step together (method.kind = "sync") on equal shards and
+                         # every result carries its pair differences
+
+    @classmethod
+    def pair_differences(cls, batch: int) -> int:
+        """Pair differences one job's result carries to the master (B/2; one every
+        other job when B = 1)."""
+        return max(batch // 2, 1) if cls.coordinated else 0
 
     def __init__(self, sizes: Sequence[int], seed: int, workers: Sequence[int] | None = None):
         self.sizes = [_count(n, "shard size") for n in sizes]
