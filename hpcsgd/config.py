@@ -17,99 +17,21 @@ import copy
 import json
 import math
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hpcsgd.errors import UserError
+from hpcsgd.methods import registry
+from hpcsgd.ordering import ORDERINGS
+# Key, INT_LIMIT and LAYOUT are this module's too (hpcsgd.schema holds them so that the
+# method modules can declare keys without importing config).
+from hpcsgd.schema import INT_LIMIT, LAYOUT, Key, Reason, all_of, only, types_of, unless  # noqa: F401
+from hpcsgd.schema import get as _get
+from hpcsgd.schema import show as _show
 
-INT_LIMIT = 2**53  # integers travel in float64 message headers, exact only below 2**53
 MAX_SECONDS = 1e9  # clock times and delays (about 32 years): sums of them stay finite
 MAX_FACTOR = 1e6   # multipliers of delays: a worker's mean stays far from overflow
 POISSON_MAX = 9.2e18  # NumPy's Poisson sampler refuses larger means (lam too large)
-
-# The quantities check_layout bounds keys by (Key.at_most).
-LAYOUT = {"M": "the number of workers M", "d": "the number of model parameters d",
-          "n_min": "the rows of the smallest shard"}
-
-
-@dataclass(frozen=True)
-class Key:
-    """One key: default, type, meaning and allowed values.  Numbers are always finite;
-    ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive ones
-    (``zero_off``: 0, meaning off, is allowed below them), integers also stay below
-    INT_LIMIT, and ``at_most`` names a LAYOUT quantity the value
-    may not exceed (checked by ``check_layout``).  A list holds ``item``-typed elements,
-    each within the bounds, none repeated (``increasing``: strictly ascending)."""
-
-    default: Any
-    type: type | tuple[type, ...]
-    doc: str
-    choices: tuple | None = None
-    minimum: float | None = None
-    maximum: float | None = None
-    above: float | None = None
-    below: float | None = None
-    at_most: str | None = None
-    zero_off: bool = False
-    item: type | None = None
-    increasing: bool = False
-
-    @property
-    def numeric(self) -> bool:
-        kinds = _kinds(self.item if self.type is list else self.type)
-        return int in kinds or float in kinds
-
-    def upper(self) -> tuple[float, bool] | None:
-        """(bound, inclusive) of the value known before the layout, if any."""
-        if self.maximum is not None:
-            return self.maximum, True
-        if self.below is not None:
-            return self.below, False
-        kinds = self.item if self.type is list else self.type
-        if kinds is int:
-            return INT_LIMIT, False
-        return None
-
-    def interval(self) -> str:
-        """The allowed range in interval notation, e.g. ``[0, 1)`` or ``[1, M]``."""
-        if self.minimum is not None:
-            low = f"[{_bound(self.minimum)}"
-        elif self.above is not None:
-            low = f"({_bound(self.above)}"
-        else:
-            low = "(-inf"
-        if self.at_most is not None:
-            high = f"{self.at_most}]"
-        else:
-            up = self.upper()
-            high = "inf)" if up is None else f"{_bound(up[0])}{']' if up[1] else ')'}"
-        return f"{low}, {high}" + (" (or 0)" if self.zero_off else "")
-
-    def allowed(self) -> str:
-        """What the README's key reference says is allowed."""
-        if self.choices is not None:
-            return "one of " + ", ".join(str(c) for c in self.choices)
-        if self.type is bool:
-            return "true or false"
-        if self.type is str:
-            return "text"
-        if self.type is list:
-            what = "strictly increasing" if self.increasing else "distinct"
-            return f"list of {what} integers in {self.interval()}"
-        if self.type is int:
-            return f"integer in {self.interval()}"
-        return f"number in {self.interval()}"
-
-
-def _kinds(t: type | tuple[type, ...] | None) -> tuple:
-    return t if isinstance(t, tuple) else (t,)
-
-
-def _bound(x: float) -> str:
-    if x == INT_LIMIT:
-        return "2^53"
-    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 # Table -> key -> Key.  This is the single source of truth: validation, defaults,
@@ -119,7 +41,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "out": Key("", str, "run directory; empty means runs/<config file stem>"),
         "seed": Key(0, int, "master seed; every rank's random streams derive from it", minimum=0),
         "clock": Key("wall", str, "wall (real time, real sleeps) or simulated (reproducible event order; "
-                     "time advances only by the injected delays)", choices=("wall", "simulated")),
+                     "time advances only by the injected delays)", choices=("wall", "simulated"),
+                     does={"simulated": "takes iteration times from the delay model",
+                           "wall": "measures iteration times"}),
         "epochs": Key(10, int, "stop after every worker passed this many times over its shard (0 = no limit)",
                       minimum=0),
         "max_updates": Key(0, int, "stop after this many model updates (0 = no limit)", minimum=0),
@@ -159,61 +83,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "init": Key("default", str, "initial parameters", choices=("default", "zeros", "ones", "normal")),
         "init_scale": Key(0.01, (int, float), "standard deviation for init = normal", above=0),
     },
-    "method": {
-        "kind": Key("sync", str, "update rule",
-                    choices=("sync", "fastest_k", "adaptive_k", "adaptive_kb", "async", "gsgm", "piag",
-                             "async_bcd")),
-        "lr": Key(0.1, (int, float), "step size (not read by piag and async_bcd: see stepsize)", above=0),
-        "momentum": Key(0.0, (int, float), "heavy-ball momentum beta at the master (0 = plain SGD; "
-                        "not with piag, async_bcd)", minimum=0, below=1),
-        "k": Key(0, int, "replies waited for by fastest_k (0 = all workers)", minimum=0, at_most="M"),
-        "assign": Key("pure", str, "async: who gets the job created at each update: the finisher "
-                      "(pure), a uniform worker (random), a permutation per M updates (shuffle) or one "
-                      "permutation forever (shuffle_once)", choices=("pure", "random", "shuffle", "shuffle_once")),
-        "schedule": Key(True, bool, "gsgm: white-list rounds, one admitted update per worker per round "
-                        "(a worker's early gradients are deferred)"),
-        "average": Key(True, bool, "gsgm with schedule: average a worker's deferred gradients into its "
-                       "admitted one (false: deferred gradients are dropped)"),
-        "stepsize": Key("adaptive2", str, "piag, async_bcd: step-size policy (fixed uses tau_max; the "
-                        "adaptive ones keep the steps within any delay window below gamma')",
-                        choices=("fixed", "adaptive1", "adaptive2")),
-        "h": Key(0.9, (int, float), "piag, async_bcd: gamma' = h / L (h < 1: steps below 1/L)", above=0, below=1),
-        "L": Key(0.0, (int, float), "piag, async_bcd: smoothness of the objective (0 = estimate by "
-                 "power iteration for logistic, softmax and least squares)", minimum=0),
-        "gamma_prime": Key(0.0, (int, float), "piag, async_bcd: gamma' itself (0 = h / L)", minimum=0),
-        "alpha": Key(0.5, (int, float), "piag, async_bcd, adaptive policies: steps are alpha gamma' at most",
-                     above=0, maximum=1),
-        "tau_max": Key(0, int, "piag, async_bcd with stepsize = fixed: the delay bound, step "
-                       "gamma' / (tau_max + 1)", minimum=0),
-        "absorb": Key(1, int, "piag: arrivals absorbed per update", minimum=1, at_most="M"),
-        "blocks": Key(10, int, "async_bcd: coordinate blocks", minimum=1, at_most="d"),
-        "k0": Key(1, int, "adaptive_k, adaptive_kb without targets: replies waited for in the first stage",
-                  minimum=1, at_most="M"),
-        "k_step": Key(1, int, "adaptive_k, adaptive_kb without targets: how much k grows at each stage "
-                      "switch (at most M - k0)", minimum=1, at_most="M"),
-        "burn_in": Key(20, int, "adaptive_k, adaptive_kb with switch = test: updates in a stage before "
-                       "the switching test counts", minimum=0),
-        "targets": Key([], list, "adaptive_k, adaptive_kb: effective batches K_1 < K_2 < ... of the "
-                       "stages (empty = order.batch x (k0, k0 + k_step, ..., M); at most M x order.batch "
-                       "for adaptive_k, M x the smallest shard for adaptive_kb)", minimum=1, item=int,
-                       increasing=True),
-        "switch": Key("test", str, "adaptive_k, adaptive_kb: next stage when the Pflug-type test fires, or at the "
-                      "bound-optimal error level (needs the bound_* keys)", choices=("test", "bound")),
-        "bound_c": Key(0.0, (int, float), "switch = bound: strong convexity c of the objective (c <= bound_L)",
-                       minimum=0),
-        "bound_L": Key(0.0, (int, float), "switch = bound: smoothness L of the objective (lr <= 1/L)", minimum=0),
-        "bound_sigma2": Key(0.0, (int, float), "switch = bound: per-sample gradient variance sigma^2",
-                            minimum=0),
-        "bound_gap0": Key(0.0, (int, float), "switch = bound: initial suboptimality F(w_0) - F*",
-                          minimum=0),
-        "refresh_every": Key(20, int, "adaptive_k, adaptive_kb, wall clock: updates between re-estimates of the "
-                             "iteration time from measured response times", minimum=1),
-        "mc_samples": Key(4000, int, "adaptive_k, adaptive_kb: Monte Carlo draws per estimate of mu(k, b) "
-                          "(held in memory, samples x M per batch size)", minimum=100, maximum=10**6),
-    },
+    "method": {},  # the registry's: _load_methods()
     "order": {
         "kind": Key("rr", str, "per-worker example order (cd_grab needs method.kind = sync)",
-                    choices=("rr", "so", "grab", "pair", "cd_grab")),
+                    choices=tuple(ORDERINGS)),
         "batch": Key(16, int, "examples per worker per step (B); 0 = the worker's whole shard "
                      "(full local gradients; rr/so only); even or 1 for pair and cd_grab", minimum=0,
                      at_most="n_min"),
@@ -223,7 +96,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "model": Key("none", str, "delay distribution of every job, in seconds: none (no delay), fixed "
                      "(the mean), exp, shifted_exp, gamma, normal (|N|), uniform (U(0, 2 mean)), poisson "
                      "(Poisson(mean) whole seconds: integer counts)",
-                     choices=("none", "fixed", "exp", "shifted_exp", "gamma", "normal", "uniform", "poisson")),
+                     choices=("none", "fixed", "exp", "shifted_exp", "gamma", "normal", "uniform", "poisson"),
+                     does={"none": "injects no delay"}),
         "comm_mean": Key(0.0, (int, float), "mean communication time per job, seconds", minimum=0,
                          maximum=MAX_SECONDS),
         "compute_mean": Key(0.0, (int, float), "mean computation time per sample, seconds (a job of b "
@@ -264,17 +138,6 @@ def key_reference() -> str:
 
 # ---------------------------------------------------------------------- one value
 
-def _show(value: Any) -> str:
-    """A value for a one-line message, spelled as in TOML where Python differs (true,
-    false); huge numbers and long texts shortened."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    if len(text) > 60:
-        return f"{text[:40]}... ({len(text)} characters)"
-    return text
-
-
 def _type_name(key: Key) -> str:
     names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list"}
     if key.type is list:
@@ -285,7 +148,7 @@ def _type_name(key: Key) -> str:
 
 
 def _has_type(value: Any, wanted: type | tuple[type, ...]) -> bool:
-    wants = _kinds(wanted)
+    wants = types_of(wanted)
     # bool is an int subclass in Python; never accept it for numbers (or vice versa).
     return isinstance(value, wants) and not (isinstance(value, bool) and bool not in wants)
 
@@ -336,7 +199,7 @@ def _check_value(table: str, name: str, value: Any) -> Any:
     if isinstance(value, str) and "\0" in value:
         raise UserError(f"config: {where} = {_show(value)} contains a NUL character")
     if key.numeric:
-        return _check_number(where, key, value, floats=float in _kinds(key.type))
+        return _check_number(where, key, value, floats=float in types_of(key.type))
     return value
 
 
@@ -374,68 +237,6 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 # ---------------------------------------------------------------------- what each choice reads
 
-def _get(cfg: dict, dotted: str) -> Any:
-    """``cfg`` at ``table.key``, the default where a (stored, older) config lacks it."""
-    table, name = dotted.split(".")
-    body = cfg.get(table)
-    if isinstance(body, dict) and name in body:
-        return body[name]
-    return SCHEMA[table][name].default
-
-
-# What a choice does, for the warnings about keys it does not read.
-_DOES = {
-    "method.kind": {"sync": "waits for every worker", "fastest_k": "waits for the first method.k replies",
-                    "adaptive_k": "grows k in stages at a fixed order.batch",
-                    "adaptive_kb": "picks (k, batch) for each stage", "async": "applies every gradient as it arrives",
-                    "gsgm": "admits gradients in white-list rounds",
-                    "piag": "takes delay-adaptive prox steps on aggregated gradients",
-                    "async_bcd": "takes delay-adaptive block steps"},
-    "method.stepsize": {"fixed": "steps gamma' / (method.tau_max + 1)", "adaptive1": "adapts each step to its delay",
-                        "adaptive2": "adapts each step to its delay"},
-    "method.switch": {"test": "switches stages by the Pflug-type test",
-                      "bound": "switches stages at the bound-optimal error level"},
-    "run.clock": {"simulated": "takes iteration times from the delay model", "wall": "measures iteration times"},
-    "stragglers.model": {"none": "injects no delay"},
-}
-
-Reason = Callable[[dict], "str | None"]
-
-
-def _only(dotted: str, *values: Any, why: str | None = None) -> Reason:
-    """Read only while ``dotted`` has one of ``values``."""
-    def reason(cfg: dict) -> str | None:
-        v = _get(cfg, dotted)
-        if v in values:
-            return None
-        if why is not None:
-            return f"{dotted} = {_show(v)} {why}"
-        # a stored config read by `hpcsgd inspect` may hold anything, even unhashable values
-        does = _DOES.get(dotted, {}).get(v, "does not read it") if isinstance(v, (str, bool)) else "does not read it"
-        return f"{dotted} = {_show(v)} {does} (read with {dotted} = {' or '.join(map(repr, values))})"
-    return reason
-
-
-def _unless(dotted: str, *values: Any, why: str) -> Reason:
-    """Read except while ``dotted`` has one of ``values``."""
-    def reason(cfg: dict) -> str | None:
-        v = _get(cfg, dotted)
-        return f"{dotted} = {_show(v)} {why}" if v in values else None
-    return reason
-
-
-def _all(*reasons: Reason) -> Reason:
-    def reason(cfg: dict) -> str | None:
-        return next((r for r in (f(cfg) for f in reasons) if r), None)
-    return reason
-
-
-def _batch_chosen(cfg: dict) -> str | None:
-    if _get(cfg, "method.kind") == "adaptive_kb" and _get(cfg, "method.targets"):
-        return "method.kind = 'adaptive_kb' with method.targets picks every stage's batch"
-    return None
-
-
 def _source_is_a_file(cfg: dict) -> str | None:
     from hpcsgd.data.dataset import names_a_file
     source = _get(cfg, "data.source")
@@ -450,62 +251,78 @@ def _time_stays(cfg: dict) -> str | None:
     return None
 
 
-_DELAY_LIKE = ("piag", "async_bcd")
-_STAGED = ("adaptive_k", "adaptive_kb")
-_KIND_DELAY = _only("method.kind", *_DELAY_LIKE)
-_KIND_STAGED = _only("method.kind", *_STAGED)
-_GAMMA_FROM_H = _all(_KIND_DELAY, _only("method.gamma_prime", 0, why="gives gamma' itself"))
-_STAGES_FROM_K = _all(_KIND_STAGED, _only("method.targets", [], why="lists the stages"))
-_BOUND = _all(_KIND_STAGED, _only("method.switch", "bound"))
-_DELAYS = _unless("stragglers.model", "none", why="injects no delay")
+_DELAYS = unless("stragglers.model", "none", why="injects no delay")
 
 # (table, key) -> why the key is not read under this config (None: it is read).  Keys not
 # listed are read by every configuration.  This table is the one place that knows which
 # choice reads what: the ignored-key warnings, check_layout and `hpcsgd inspect` use it.
-READ_BY: dict[tuple[str, str], Reason] = {
+# The [method] keys' entries, and the keys of other tables a method decides itself, come
+# from the method registry (_load_methods).
+READ_BY: dict[tuple[str, str], Reason] = {}
+_READ_BY_OWN: dict[tuple[str, str], Reason] = {
     ("run", "max_seconds"): _time_stays,
-    ("data", "alpha"): _only("data.partition", "dirichlet"),
+    ("data", "alpha"): only("data.partition", "dirichlet"),
     ("data", "dir"): _source_is_a_file,
-    ("model", "hidden"): _only("model.kind", "mlp"),
-    ("model", "init_scale"): _only("model.init", "normal"),
-    ("method", "lr"): _unless("method.kind", *_DELAY_LIKE, why="steps by method.stepsize from gamma' "
-                              "(method.gamma_prime, or method.h / method.L)"),
-    ("method", "momentum"): _unless("method.kind", *_DELAY_LIKE, why="takes prox steps without momentum"),
-    ("method", "k"): _only("method.kind", "fastest_k"),
-    ("method", "assign"): _only("method.kind", "async"),
-    ("method", "schedule"): _only("method.kind", "gsgm"),
-    ("method", "average"): _all(_only("method.kind", "gsgm"),
-                                _only("method.schedule", True, why="defers no gradient")),
-    ("method", "stepsize"): _KIND_DELAY,
-    ("method", "h"): _GAMMA_FROM_H,
-    ("method", "L"): _GAMMA_FROM_H,
-    ("method", "gamma_prime"): _KIND_DELAY,
-    ("method", "alpha"): _all(_KIND_DELAY, _only("method.stepsize", "adaptive1", "adaptive2")),
-    ("method", "tau_max"): _all(_KIND_DELAY, _only("method.stepsize", "fixed")),
-    ("method", "absorb"): _only("method.kind", "piag"),
-    ("method", "blocks"): _only("method.kind", "async_bcd"),
-    ("method", "k0"): _STAGES_FROM_K,
-    ("method", "k_step"): _STAGES_FROM_K,
-    ("method", "burn_in"): _all(_KIND_STAGED, _only("method.switch", "test")),
-    ("method", "targets"): _KIND_STAGED,
-    ("method", "switch"): _KIND_STAGED,
-    ("method", "bound_c"): _BOUND,
-    ("method", "bound_L"): _BOUND,
-    ("method", "bound_sigma2"): _BOUND,
-    ("method", "bound_gap0"): _BOUND,
-    ("method", "refresh_every"): _all(_KIND_STAGED, _only("run.clock", "wall")),
-    ("method", "mc_samples"): _KIND_STAGED,
-    ("order", "batch"): _batch_chosen,
+    ("model", "hidden"): only("model.kind", "mlp"),
+    ("model", "init_scale"): only("model.init", "normal"),
     ("stragglers", "comm_mean"): _DELAYS,
     ("stragglers", "compute_mean"): _DELAYS,
     ("stragglers", "offset"): _DELAYS,
-    ("stragglers", "shape"): _only("stragglers.model", "gamma"),
-    ("stragglers", "shift"): _only("stragglers.model", "shifted_exp"),
-    ("stragglers", "cv"): _only("stragglers.model", "normal"),
+    ("stragglers", "shape"): only("stragglers.model", "gamma"),
+    ("stragglers", "shift"): only("stragglers.model", "shifted_exp"),
+    ("stragglers", "cv"): only("stragglers.model", "normal"),
     ("stragglers", "speeds"): _DELAYS,
     ("stragglers", "slow_workers"): _DELAYS,
-    ("stragglers", "slow_factor"): _all(_DELAYS, _unless("stragglers.slow_workers", [], why="slows no worker")),
+    ("stragglers", "slow_factor"): all_of(_DELAYS, unless("stragglers.slow_workers", [], why="slows no worker")),
 }
+
+
+def _ignored_by_method(name: str) -> Reason:
+    """A common [method] key: read unless the configured method's spec says why not."""
+    def reason(cfg: dict) -> str | None:
+        kind = _get(cfg, "method.kind")
+        spec = registry.spec(kind)
+        why = spec.ignores.get(name) if spec is not None else None
+        return f"method.kind = {_show(kind)} {why}" if why else None
+    return reason
+
+
+def _decided_by_method(dotted: str) -> Reason:
+    """A key of another table that the configured method may decide itself."""
+    def reason(cfg: dict) -> str | None:
+        spec = registry.spec(_get(cfg, "method.kind"))
+        decides = spec.decides.get(dotted) if spec is not None else None
+        return decides(cfg) if decides is not None else None
+    return reason
+
+
+def _load_methods() -> None:
+    """The [method] table, method.kind's choices and the READ_BY entries of method keys,
+    from the method registry (again whenever a method is registered or removed)."""
+    specs = registry.specs()
+    table = {"kind": Key("sync", str, "update rule", choices=tuple(s.kind for s in specs),
+                         does={s.kind: s.does for s in specs})}
+    read_by = dict(_READ_BY_OWN)
+    common = {k.name for k in registry.COMMON_KEYS}
+    for name, mk in registry.method_keys().items():
+        table[name] = mk.key
+        if name in common:
+            reason = _ignored_by_method(name)
+        else:
+            reason = only("method.kind", *registry.readers(name))
+        read_by[("method", name)] = all_of(reason, mk.when) if mk.when is not None else reason
+    for dotted in dict.fromkeys(d for s in specs for d in s.decides):
+        where = tuple(dotted.split("."))
+        mine = _decided_by_method(dotted)
+        read_by[where] = all_of(read_by[where], mine) if where in read_by else mine
+    SCHEMA["method"].clear()
+    SCHEMA["method"].update(table)
+    READ_BY.clear()
+    READ_BY.update(read_by)
+
+
+_load_methods()
+registry.on_change(_load_methods)
 
 
 def ignored_because(cfg: dict, table: str, name: str) -> str | None:
@@ -579,31 +396,21 @@ def _check_cross(cfg: dict) -> None:
     """Combinations of keys that cannot run; each value is already valid on its own."""
     m, order, run, s = cfg["method"], cfg["order"], cfg["run"], cfg["stragglers"]
     kind, batch = order["kind"], order["batch"]
-    if batch == 0 and kind not in ("rr", "so"):
-        raise UserError(f"config: order.batch = 0 (whole shards) needs order.kind rr or so "
+    ordering = ORDERINGS[kind]
+    if batch == 0 and ordering.per_example:
+        plain = " or ".join(k for k, cls in ORDERINGS.items() if not cls.per_example)
+        raise UserError(f"config: order.batch = 0 (whole shards) needs order.kind {plain} "
                         f"(got {kind!r}); balancing orders work on batches of examples")
-    if kind in ("pair", "cd_grab") and batch > 1 and batch % 2:
+    if ordering.pairs and batch > 1 and batch % 2:
         raise UserError(f"config: order.batch = {batch} is odd; order.kind = {kind!r} balances pairs "
                         f"of examples (use an even batch, or 1 to pair consecutive steps)")
-    if kind == "cd_grab" and m["kind"] != "sync":
-        raise UserError(f"config: order.kind = 'cd_grab' coordinates all workers every step and needs "
-                        f"method.kind = 'sync' (got {m['kind']!r})")
-    if m["kind"] in _STAGED:
-        _check_staged(cfg)
-    if m["kind"] in _DELAY_LIKE:
-        if m["momentum"] > 0:
-            raise UserError(f"config: method.momentum = {m['momentum']} is not allowed with method.kind = "
-                            f"{m['kind']!r}: its steps are prox steps of the delay-adaptive size (use 0)")
-        if not m["gamma_prime"] and m["L"] and not math.isfinite(m["h"] / m["L"]):
-            raise UserError(f"config: method.h / method.L = {m['h']} / {m['L']} is not a finite gamma'; "
-                            f"give a larger method.L or method.gamma_prime")
-        if not m["gamma_prime"] and not m["L"] and cfg["model"]["kind"] == "mlp":
-            raise UserError(f"config: method.kind = {m['kind']!r} needs gamma' and cannot estimate the "
-                            f"smoothness of model.kind = 'mlp'; give method.L or method.gamma_prime")
-    if m["kind"] == "async_bcd" and cfg["data"]["partition"] != "replicate":
-        raise UserError(f"config: method.kind = 'async_bcd' steps along block gradients of the whole "
-                        f"objective, so every worker needs every row: set data.partition = 'replicate' "
-                        f"(got {cfg['data']['partition']!r})")
+    method = registry.spec(m["kind"])
+    if ordering.coordinated and not method.coordinates:
+        able = " or ".join(repr(s.kind) for s in registry.specs() if s.coordinates)
+        raise UserError(f"config: order.kind = {kind!r} coordinates all workers every step and needs "
+                        f"method.kind = {able} (got {m['kind']!r})")
+    if method.check is not None:
+        method.check(cfg)
     if s["model"] != "none" and not (s["comm_mean"] or s["compute_mean"] or s["offset"]):
         raise UserError(f"config: stragglers.model = {s['model']!r} with stragglers.comm_mean, "
                         f"stragglers.compute_mean and stragglers.offset all 0 injects no delay; give a mean "
@@ -623,32 +430,6 @@ def _check_cross(cfg: dict) -> None:
                         f"use run.eval_every, or a stragglers.model")
 
 
-def _check_staged(cfg: dict) -> None:
-    m, order = cfg["method"], cfg["order"]["kind"]
-    if cfg["order"]["batch"] == 0 and not _batch_chosen(cfg):
-        raise UserError(f"config: method.kind = {m['kind']!r} needs order.batch >= 1 (the stages are "
-                        f"multiples of a per-worker batch); 0 means whole shards")
-    if m["kind"] == "adaptive_kb" and order not in ("rr", "so"):
-        raise UserError(f"config: method.kind = 'adaptive_kb' changes the per-worker batch between "
-                        f"stages; order.kind must be rr or so (got {order!r})")
-    if m["switch"] == "bound":
-        missing = [f"method.{k}" for k in ("bound_c", "bound_L", "bound_sigma2", "bound_gap0") if not m[k] > 0]
-        if missing:
-            raise UserError(f"config: method.switch = 'bound' needs {', '.join(missing)} > 0 "
-                            f"(the constants of the error bound)")
-        if m["lr"] * m["bound_L"] > 1.0:
-            raise UserError(f"config: method.lr = {m['lr']} exceeds 1/method.bound_L = "
-                            f"{1.0 / m['bound_L']:.6g}; the error bound behind switch = 'bound' "
-                            f"needs lr <= 1/L")
-        if m["bound_c"] > m["bound_L"]:
-            raise UserError(f"config: method.bound_c = {m['bound_c']} exceeds method.bound_L = {m['bound_L']}; "
-                            f"strong convexity c is at most the smoothness L")
-        floor = m["lr"] * m["bound_L"] * m["bound_sigma2"] / (2.0 * m["bound_c"])
-        if not math.isfinite(floor):
-            raise UserError(f"config: method.bound_sigma2 = {m['bound_sigma2']} with method.bound_c = "
-                            f"{m['bound_c']} gives a non-finite noise floor lr L sigma^2 / (2 c)")
-
-
 # ---------------------------------------------------------------------- the layout
 
 def check_world(cfg: dict, n_workers: int) -> None:
@@ -660,9 +441,10 @@ def check_world(cfg: dict, n_workers: int) -> None:
 
 def check_layout(cfg: dict, n_workers: int, shard_sizes: list[int], dim: int) -> None:
     """Every check that needs the layout: ``n_workers`` workers with these shard sizes
-    (after any trimming, e.g. cd_grab's equal shards) and a model of ``dim`` parameters.
-    Each read key with ``Key.at_most`` stays within its LAYOUT quantity; stage and delay
-    parameters fit the workers."""
+    (after any trimming, e.g. a coordinated order's equal shards) and a model of ``dim``
+    parameters.  Each read key with ``Key.at_most`` stays within its LAYOUT quantity, the
+    method's own layout checks pass (``MethodSpec.check_layout``: e.g. its stages fit the
+    workers) and the delay parameters fit the workers."""
     check_world(cfg, n_workers)
     if len(shard_sizes) != n_workers:
         raise ValueError(f"{len(shard_sizes)} shard sizes for {n_workers} workers")
@@ -686,33 +468,10 @@ def check_layout(cfg: dict, n_workers: int, shard_sizes: list[int], dim: int) ->
                 low = key.minimum if key.minimum is not None else key.above
                 raise UserError(f"config: {table}.{name} = {_show(value)} exceeds {shown[key.at_most]} "
                                 f"(allowed: {low}..{limit})")
-    m, batch = cfg["method"], cfg["order"]["batch"]
-    if m["kind"] in _STAGED:
-        _check_stages(m, n_workers, batch, n_min, read)
+    method = registry.spec(cfg["method"]["kind"])
+    if method.check_layout is not None:
+        method.check_layout(cfg, registry.Layout(n_workers, tuple(shard_sizes), dim, frozenset(read)))
     _check_delay_means(cfg["stragglers"], n_workers)
-
-
-def _check_stages(m: dict, M: int, batch: int, n_min: int, read: set) -> None:
-    if ("method", "k_step") in read and m["k0"] < M and m["k_step"] > M - m["k0"]:
-        raise UserError(f"config: method.k_step = {m['k_step']} exceeds M - method.k0 = {M - m['k0']} "
-                        f"(M = {M} workers): the stages would jump from k0 straight to M")
-    t = m["targets"]
-    if not t:
-        return
-    if m["kind"] == "adaptive_k":
-        if t[-1] > M * batch:
-            raise UserError(f"config: method.targets reaches {t[-1]} samples per update, but adaptive_k "
-                            f"keeps order.batch = {batch} and has {M} workers (at most "
-                            f"{M * batch}); use adaptive_kb to grow the batch")
-        ks = [-(-x // batch) for x in t]
-        same = next((i for i in range(1, len(ks)) if ks[i] == ks[i - 1]), None)
-        if same is not None:
-            raise UserError(f"config: method.targets {t[same - 1]} and {t[same]} both wait for k = {ks[same]} "
-                            f"replies of order.batch = {batch} (adaptive_k keeps the batch): the stage "
-                            f"switch would change nothing")
-    elif t[-1] > M * n_min:
-        raise UserError(f"config: method.targets reaches {t[-1]} samples per update, more than "
-                        f"{M} workers x {n_min} rows (the smallest shard) hold")
 
 
 def _check_delay_means(s: dict, M: int) -> None:

@@ -14,19 +14,14 @@ import numpy as np
 from hpcsgd.config import keys_read
 from hpcsgd.checkpoint import FIRST_CHECKSUMMED_VERSION, find_checkpoint
 from hpcsgd.errors import UserError
+from hpcsgd.methods import registry
+from hpcsgd.methods.registry import column as _col
 from hpcsgd.trace import TRACE_COLUMNS
 
 # Staleness values up to this bound get an exact {value: count} histogram; beyond it
 # the histogram is binned into HIST_BINS integer-aligned ranges keyed "lo-hi".
 HIST_EXACT_MAX = 32
 HIST_BINS = 16
-
-
-def _col(group: dict | None, name: str) -> np.ndarray | None:
-    if not isinstance(group, dict):
-        return None
-    arr = group.get(name)
-    return arr if isinstance(arr, np.ndarray) and arr.ndim == 1 else None
 
 
 def _num(x: Any) -> Any:
@@ -96,15 +91,16 @@ def stability(ev: dict, last: int = 10) -> dict | None:
     return out if keep.size >= 2 else None
 
 
-def _gsgm(config: dict, trace: dict) -> dict | None:
-    """GSGM: rounds, deferrals and how many gradients the admitted ones averaged."""
-    if (config.get("method") or {}).get("kind") != "gsgm" or _col(trace, "round") is None:
-        return None
-    rnd, avg, dfr = _col(trace, "round"), _col(trace, "averaged"), _col(trace, "deferred")
-    m = config["method"]
-    return {"schedule": m.get("schedule"), "average": m.get("average"), "momentum": m.get("momentum"),
-            "rounds_completed": int(rnd[-1]) if rnd.size else 0,
-            "deferred_total": int(dfr.sum(dtype=np.int64)), "averaged_mean": float(avg.mean()) if avg.size else math.nan}
+def _method_summaries(out: dict, after: str, config: Any, trace: dict) -> None:
+    """The registry's summaries that follow the entry ``after``: those of the checkpoint's
+    method, and those that judge from the trace alone."""
+    config = config if isinstance(config, dict) else {}
+    method = config.get("method")
+    spec = registry.spec(method.get("kind") if isinstance(method, dict) else None)
+    for summary in registry.summaries():
+        if summary.after == after:
+            mine = summary.any_method or (spec is not None and summary in spec.summaries)
+            out[summary.name] = summary.compute(config, trace) if mine else None
 
 
 def summarize(path, last: int = 10) -> dict:
@@ -180,7 +176,7 @@ def summarize(path, last: int = 10) -> dict:
         out["staleness"] = None
 
     out["step_size"] = _basic_stats(_col(trace, "step_size"))
-    out["step_vs_fixed"] = _step_vs_fixed(out.get("config"), _col(trace, "step_size"), stale)
+    _method_summaries(out, "step_size", config, trace)
     out["k"] = _int_stats(_col(trace, "k"))
     out["batch"] = _int_stats(_col(trace, "batch"))
 
@@ -196,9 +192,7 @@ def summarize(path, last: int = 10) -> dict:
         load["messages_total"] = tot
         load["messages_per_update"] = tot / msgs.size if msgs.size else math.nan
     out["load"] = load or None
-
-    out["stages"] = _stages(trace)
-    out["gsgm"] = _gsgm(config if isinstance(config, dict) else {}, trace)
+    _method_summaries(out, "load", config, trace)
 
     worker = _col(trace, "worker")
     if worker is not None:
@@ -258,48 +252,6 @@ def _checksum_status(tree: dict, report) -> dict:
     return {"verified": report.verified, "status": status}
 
 
-def _step_vs_fixed(config: dict | None, steps: np.ndarray | None, stale: np.ndarray | None) -> dict | None:
-    """Delay-adaptive methods: the mean step against the fixed policy's gamma' / (tau_max + 1)
-    with tau_max the largest delay of the run (how the paper's baselines were set)."""
-    m = (config or {}).get("method", {})
-    if m.get("kind") not in ("piag", "async_bcd") or steps is None or not steps.size or stale is None:
-        return None
-    gamma_prime = m.get("gamma_prime") or (m["h"] / m["L"] if m.get("L") else None)
-    if not gamma_prime:
-        return None
-    fixed = gamma_prime / (int(stale.max()) + 1)
-    return {"gamma_prime": gamma_prime, "tau_max": int(stale.max()), "fixed_step": fixed,
-            "mean_step": float(steps.mean()), "ratio": float(steps.mean()) / fixed}
-
-
-def _stages(trace: dict) -> list[dict] | None:
-    """Staged methods: per stage, its (k, b), updates and the load spent in it."""
-    stage = _col(trace, "stage")
-    if stage is None or not stage.size:
-        return None
-    time_col = _col(trace, "sim_time")
-    if time_col is None or not np.isfinite(time_col).any():
-        time_col = _col(trace, "wall_time")
-    rows = []
-    for s in np.unique(stage):
-        idx = np.flatnonzero(stage == s)
-        first = int(idx[0])
-        row = {"stage": int(s), "updates": int(idx.size), "first_update": first + 1}
-        for name in ("k", "batch"):
-            col = _col(trace, name)
-            if col is not None:
-                vals = np.unique(col[idx])
-                row[name] = int(vals[0]) if vals.size == 1 else [int(v) for v in vals]
-        for name, key in (("samples_computed", "samples"), ("messages", "messages")):
-            col = _col(trace, name)
-            if col is not None:
-                row[key] = int(col[idx].sum(dtype=np.int64))
-        if time_col is not None:
-            row["start_time"] = float(time_col[first - 1]) if first else 0.0
-        rows.append(row)
-    return rows
-
-
 # ---------------------------------------------------------------------- formatting
 def _fmt(x: Any, digits: int = 5) -> str:
     if x is None:
@@ -323,8 +275,8 @@ def _config_line(config: dict) -> str:
         read = keys_read(config)
     except (KeyError, TypeError, ValueError, AttributeError):  # a damaged or foreign config
         read = {("method", "lr")}
-    shown = ("lr", "k", "assign", "schedule", "average", "stepsize", "absorb", "blocks", "targets",
-             "switch", "momentum")
+    # the keys the registry flags as shown, then the master's heavy ball when it is on
+    shown = [name for name, key in registry.method_keys().items() if key.shown] + ["momentum"]
     keys = [key for key in shown if ("method", key) in read and (key != "momentum" or method.get(key))]
     picks = [("data", "source"), ("data", "partition"), ("model", "kind"), ("method", "kind"),
              *(("method", key) for key in keys),
@@ -339,6 +291,12 @@ def _config_line(config: dict) -> str:
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _method_lines(rows: list, after: str, s: dict) -> None:
+    for summary in registry.summaries():
+        if summary.after == after and s.get(summary.name):
+            rows.extend(summary.lines(s[summary.name], _fmt))
 
 
 def format_summary(s: dict) -> str:
@@ -394,11 +352,7 @@ def format_summary(s: dict) -> str:
     ss = s["step_size"]
     if ss:
         add("step size", f"mean {_fmt(ss['mean'])}  min {_fmt(ss['min'])}  max {_fmt(ss['max'])}")
-    vf = s.get("step_vs_fixed")
-    if vf:
-        add("vs fixed", f"mean step {_fmt(vf['mean_step'])} = {_fmt(vf['ratio'], 3)} x the fixed step "
-                        f"gamma'/(tau_max+1) = {_fmt(vf['fixed_step'])} (gamma' {_fmt(vf['gamma_prime'])}, "
-                        f"tau_max {vf['tau_max']} = largest delay seen)")
+    _method_lines(rows, "step_size", s)
     for name in ("k", "batch"):
         v = s[name]
         if v:
@@ -414,17 +368,7 @@ def format_summary(s: dict) -> str:
         if "messages_total" in ld:
             parts.append(f"messages {ld['messages_total']} ({_fmt(ld['messages_per_update'])}/update)")
         add("load", ", ".join(parts))
-    for st in s.get("stages") or []:
-        kb = "  ".join(f"{n} {st[n]}" for n in ("k", "batch") if n in st)
-        load = "  ".join(f"{n} {st[n]}" for n in ("samples", "messages") if n in st)
-        start = f"  from t = {_fmt(st['start_time'], 4)} s" if "start_time" in st else ""
-        add(f"stage {st['stage']}", f"{kb}  updates {st['updates']} (from {st['first_update']}){start}  {load}")
-    g = s.get("gsgm")
-    if g:
-        add("gsgm", f"(reconstruction from the paper's abstract) schedule {g['schedule']}, average "
-                    f"{g['average']}, momentum {_fmt(g['momentum'])}: {g['rounds_completed']} rounds completed, "
-                    f"{g['deferred_total']} gradients deferred, {_fmt(g['averaged_mean'], 3)} gradients "
-                    f"per admitted update")
+    _method_lines(rows, "load", s)
     pw = s["per_worker_updates"]
     if pw is not None:
         items = list(pw.items())

@@ -20,8 +20,12 @@ from collections import deque
 import numpy as np
 
 from hpcsgd.engine.interface import Assignment
+from hpcsgd.errors import UserError
 from hpcsgd.methods.base import Method
-from hpcsgd.methods.stepsize import StepPolicy
+from hpcsgd.methods.registry import MethodKey, MethodSpec, register
+from hpcsgd.methods.stepsize import (STEP_IGNORES, STEP_KEYS, STEP_SUMMARY, StepPolicy, check_step_policy, needs_L,
+                                     step_policy)
+from hpcsgd.schema import Key
 
 
 class AsyncBCD(Method):
@@ -63,3 +67,23 @@ class AsyncBCD(Method):
         blocks = blocks.reshape(self.n_workers, -1) if blocks.size else np.zeros((self.n_workers, 0), np.int64)
         for j in range(1, self.n_workers + 1):
             self.pending[j] = deque(int(b) for b in blocks[j - 1] if b >= 0)
+
+
+def _build(cfg: dict, shard_sizes: list[int], dim: int, L: float) -> AsyncBCD:
+    return AsyncBCD(len(shard_sizes), cfg["order"]["batch"], step_policy(cfg, L), dim, cfg["method"]["blocks"])
+
+
+def _check(cfg: dict) -> None:
+    check_step_policy(cfg)
+    if cfg["data"]["partition"] != "replicate":
+        raise UserError(f"config: method.kind = 'async_bcd' steps along block gradients of the whole "
+                        f"objective, so every worker needs every row: set data.partition = 'replicate' "
+                        f"(got {cfg['data']['partition']!r})")
+
+
+BLOCKS = MethodKey("blocks", Key(10, int, "async_bcd: coordinate blocks", minimum=1, at_most="d"), shown=True)
+
+register(MethodSpec(
+    kind="async_bcd", does="takes delay-adaptive block steps", rank=60, build=_build,
+    keys=(*STEP_KEYS, BLOCKS), ignores=STEP_IGNORES, check=_check, needs_L=needs_L,
+    extras={"block": np.int32}, summaries=(STEP_SUMMARY,), requires=("data.partition='replicate'",)))

@@ -21,6 +21,8 @@ import numpy as np
 
 from hpcsgd.engine.interface import Assignment
 from hpcsgd.methods.base import Method
+from hpcsgd.methods.registry import MethodKey, MethodSpec, register
+from hpcsgd.schema import Key
 
 RULES = ("pure", "random", "shuffle", "shuffle_once")
 
@@ -65,3 +67,13 @@ class AsyncSGD(Method):
     def load_state_dict(self, state: dict) -> None:
         self.perm = np.asarray(state["perm"], dtype=np.int64).copy()
         self.pos = int(state["pos"])
+
+
+ASSIGN = MethodKey("assign", Key("pure", str, "async: who gets the job created at each update: the finisher "
+                                 "(pure), a uniform worker (random), a permutation per M updates (shuffle) or one "
+                                 "permutation forever (shuffle_once)", choices=RULES), shown=True)
+
+register(MethodSpec(
+    kind="async", does="applies every gradient as it arrives", rank=30, keys=(ASSIGN,),
+    build=lambda cfg, shard_sizes, dim, L: AsyncSGD(len(shard_sizes), cfg["order"]["batch"], cfg["method"]["assign"]),
+    extras={"assigned": np.int32, "queue": np.int32}))

@@ -13,7 +13,10 @@ import numpy as np
 from hpcsgd.engine.interface import Assignment
 from hpcsgd.kernels.optim import add_into
 from hpcsgd.methods.base import Method
+from hpcsgd.methods.registry import MethodKey, MethodSpec, register
+from hpcsgd.ordering import ORDERINGS
 from hpcsgd.ordering.balance import CoordinatedSigns
+from hpcsgd.schema import Key
 
 
 class FastestK(Method):
@@ -106,3 +109,22 @@ class FastestK(Method):
         self.batch = int(state["batch"])
         if self.signs is not None:
             self.signs.load_state_dict(state["signs"])
+
+
+def _build_sync(cfg: dict, shard_sizes: list[int], dim: int, L: float) -> FastestK:
+    M = len(shard_sizes)
+    return FastestK(M, M, cfg["order"]["batch"], name="sync", coordinate=ORDERINGS[cfg["order"]["kind"]].coordinated)
+
+
+def _build_fastest_k(cfg: dict, shard_sizes: list[int], dim: int, L: float) -> FastestK:
+    M = len(shard_sizes)
+    return FastestK(cfg["method"]["k"] or M, M, cfg["order"]["batch"], name="fastest_k")
+
+
+K = MethodKey("k", Key(0, int, "replies waited for by fastest_k (0 = all workers)", minimum=0, at_most="M"),
+              shown=True)
+
+register(MethodSpec(kind="sync", does="waits for every worker", rank=10, synchronous=True, coordinates=True,
+                    build=_build_sync))
+register(MethodSpec(kind="fastest_k", does="waits for the first method.k replies", rank=20, synchronous=True,
+                    keys=(K,), build=_build_fastest_k))

@@ -22,11 +22,15 @@ with ``assign = "pure"``, update for update.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from hpcsgd.kernels.optim import add_into
 from hpcsgd.engine.interface import Assignment
 from hpcsgd.methods.base import Method
+from hpcsgd.methods.registry import MethodKey, MethodSpec, Summary, column, register
+from hpcsgd.schema import Key, only
 
 
 class GSGM(Method):
@@ -85,3 +89,35 @@ class GSGM(Method):
         self.deferred_sum[:] = np.asarray(state["deferred_sum"]).reshape(self.deferred_sum.shape)
         self.deferred_count[:] = state["deferred_count"]
         self.deferrals = int(state["deferrals"])
+
+
+def _summary(config: dict, trace: dict) -> dict | None:
+    """Rounds, deferrals and how many gradients the admitted ones averaged."""
+    rnd, avg, dfr = column(trace, "round"), column(trace, "averaged"), column(trace, "deferred")
+    if rnd is None:
+        return None
+    m = config["method"]
+    return {"schedule": m.get("schedule"), "average": m.get("average"), "momentum": m.get("momentum"),
+            "rounds_completed": int(rnd[-1]) if rnd.size else 0,
+            "deferred_total": int(dfr.sum(dtype=np.int64)), "averaged_mean": float(avg.mean()) if avg.size else math.nan}
+
+
+def _summary_lines(g: dict, fmt) -> list[tuple[str, str]]:
+    return [("gsgm", f"(reconstruction from the paper's abstract) schedule {g['schedule']}, average "
+                     f"{g['average']}, momentum {fmt(g['momentum'])}: {g['rounds_completed']} rounds completed, "
+                     f"{g['deferred_total']} gradients deferred, {fmt(g['averaged_mean'], 3)} gradients "
+                     f"per admitted update")]
+
+
+SCHEDULE = MethodKey("schedule", Key(True, bool, "gsgm: white-list rounds, one admitted update per worker per round "
+                                     "(a worker's early gradients are deferred)"), shown=True)
+AVERAGE = MethodKey("average", Key(True, bool, "gsgm with schedule: average a worker's deferred gradients into its "
+                                   "admitted one (false: deferred gradients are dropped)"), shown=True,
+                    when=only("method.schedule", True, why="defers no gradient"))
+
+register(MethodSpec(
+    kind="gsgm", does="admits gradients in white-list rounds", rank=40, keys=(SCHEDULE, AVERAGE),
+    build=lambda cfg, shard_sizes, dim, L: GSGM(len(shard_sizes), cfg["order"]["batch"], dim,
+                                                schedule=cfg["method"]["schedule"], average=cfg["method"]["average"]),
+    extras={"round": np.int32, "averaged": np.int32, "deferred": np.int32},
+    summaries=(Summary("gsgm", _summary, _summary_lines),)))

@@ -18,7 +18,10 @@ import numpy as np
 
 from hpcsgd.engine.interface import Assignment
 from hpcsgd.methods.base import Method
-from hpcsgd.methods.stepsize import StepPolicy
+from hpcsgd.methods.registry import MethodKey, MethodSpec, register
+from hpcsgd.methods.stepsize import (STEP_IGNORES, STEP_KEYS, STEP_SUMMARY, StepPolicy, check_step_policy, needs_L,
+                                     step_policy)
+from hpcsgd.schema import Key
 
 
 class PIAG(Method):
@@ -67,3 +70,17 @@ class PIAG(Method):
         self.policy.load_state_dict(state["policy"])
         self.table[:] = np.asarray(state["table"]).reshape(self.table.shape)
         self.total[:] = state["total"]
+
+
+def _build(cfg: dict, shard_sizes: list[int], dim: int, L: float) -> PIAG:
+    weights = np.asarray(shard_sizes, dtype=np.float64) / sum(shard_sizes)
+    return PIAG(len(shard_sizes), cfg["order"]["batch"], step_policy(cfg, L), weights, dim,
+                absorb=cfg["method"]["absorb"])
+
+
+ABSORB = MethodKey("absorb", Key(1, int, "piag: arrivals absorbed per update", minimum=1, at_most="M"), shown=True)
+
+register(MethodSpec(
+    kind="piag", does="takes delay-adaptive prox steps on aggregated gradients", rank=50, build=_build,
+    keys=(*STEP_KEYS, ABSORB), ignores=STEP_IGNORES, check=check_step_policy, needs_L=needs_L,
+    summaries=(STEP_SUMMARY,)))
