@@ -9,6 +9,10 @@ what it was.  Unknown keys, wrong types, non-finite numbers, values outside a ke
 range or set, and combinations that cannot run are ``UserError``s that name the key and
 what is allowed.  What depends on the workers' shards and the model's size is checked
 once those are known, by ``check_layout``.
+
+The ``[method]`` table, what each method reads and checks, comes from the method
+registry (``hpcsgd.methods.registry``); the order checks ask the orderings' declared
+capabilities (``hpcsgd.ordering.ORDERINGS``).
 """
 
 from __future__ import annotations

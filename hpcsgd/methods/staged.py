@@ -16,6 +16,9 @@ model in the simulated clock and from measured response times in the wall clock,
 the estimates (and adaptive_kb's (k, b)) are renewed every ``refresh_every`` updates;
 until every worker has reported twice, adaptive_kb waits for all M workers so that all
 get measured.
+
+Both kinds register here with the stage keys they share (``STAGE_KEYS``), their checks
+and inspect's per-stage summary.
 """
 
 from __future__ import annotations

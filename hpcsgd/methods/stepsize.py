@@ -17,6 +17,10 @@ S_k costs O(1): a ring buffer holds the prefix sums P_t = sum_{u < t} gamma_u of
 last ``capacity`` updates, S_k = P_k - P_{k - tau_k}, and the buffer doubles when a
 delay reaches past it.  The fixed policy keeps the same buffer so that every policy
 can report its window sums.
+
+What piag and async_bcd share is declared here once for the method registry: the
+policy's keys (``STEP_KEYS``), the common keys it replaces (``STEP_IGNORES``), its
+checks, ``needs_L`` and inspect's step-versus-fixed summary.
 """
 
 from __future__ import annotations
