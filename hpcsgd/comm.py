@@ -1,13 +1,7 @@
-"""Message layouts between the master (rank 0) and the workers, and polite waiting.
-
-Every per-update message is one float64 buffer ``[header | payload]`` sent with the
-upper-case (buffer) mpi4py API.  Integers in headers (versions, counts) are exact in
-float64 up to 2**53.  Master -> worker messages all travel from rank 0 and the worker
-receives them with ``ANY_TAG``, so it sees them in the order they were sent.
-
-Less frequent exchanges (set-up, checkpoints) move trees of arrays and strings with
-``send_tree``/``recv_tree``: a JSON description in a uint8 buffer, then one buffer per
-array.  Nothing here pickles.
+"""MPI helpers every rank uses: polite waiting (``Backoff``), trees of arrays without
+pickle (``send_tree``/``recv_tree``: a JSON description in a uint8 buffer, then one
+buffer per array), and the small collectives of set-up.  The engine's own messages are
+laid out in hpcsgd.transport.
 """
 
 from __future__ import annotations
@@ -18,58 +12,6 @@ import time
 
 import numpy as np
 from mpi4py import MPI
-
-# master -> worker
-TAG_JOB = 1         # [JOB header | params]: compute a gradient
-TAG_EVAL = 2        # [JOB header | params]: evaluate full train and test metrics
-TAG_STATE_GET = 3   # [JOB header]: send your state tree back (TAG_TREE)
-TAG_STATE_SET = 4   # [JOB header], then a tree on TAG_TREE: load this state
-TAG_STOP = 5        # [JOB header]: leave the worker loop
-TAG_SIGNS = 6       # [eps_0 .. eps_{Q-1}]: CD-GraB signs (+1/-1) for the last job's pairs
-# worker -> master
-TAG_RESULT = 11     # [RESULT header | gradient]
-TAG_EVAL_RESULT = 12
-TAG_TREE = 13
-
-# Job header fields (master -> worker).  A job is identified by its place in the
-# worker's FIFO, so one buffer can be sent to every worker at the same version.
-J_VERSION, J_BATCH, J_FLAGS = range(3)
-JOB_HEADER = 3
-FLAG_PREEMPTIBLE = 1  # any newer message from the master makes this job obsolete
-
-# Result header fields (worker -> master).  The payload is the mean gradient, then
-# R_PAIRS pair differences of d values each when the master coordinates the order.
-# R_DURATION is the injected delay drawn for the job (in full, even when the job was
-# abandoned) and R_DELAY_COMM its communication part; R_SAMPLES is 0 for a job dropped
-# before it was computed.  R_STOP is 1 once the worker was asked to stop (a signal),
-# so that the master can stop the whole job (hpcsgd.stop).
-(R_VERSION, R_BATCH, R_SAMPLES, R_DURATION, R_COMPUTE_S, R_LOSS_SUM, R_ABANDONED, R_EPOCH,
- R_PAIRS, R_DELAY_COMM, R_STOP) = range(11)
-RESULT_HEADER = 11
-
-
-
-def result_length(d: int, pair_differences: int) -> int:
-    """Longest result message: header, gradient, and the pair differences a coordinated
-    ordering ships (``Ordering.pair_differences``)."""
-    return RESULT_HEADER + d * (1 + pair_differences)
-
-
-# Evaluation reply: sums over the worker's rows, then the gradient sum over train rows.
-# E_SECONDS: how long the worker computed (the master pauses the wall clock by the
-# longest, not by the whole exchange: jobs still running when the request came keep
-# running meanwhile, and that is training time).
-(E_TRAIN_LOSS, E_TRAIN_N, E_TRAIN_CORRECT, E_TEST_LOSS, E_TEST_N, E_TEST_CORRECT, E_SECONDS) = range(7)
-EVAL_HEADER = 7
-
-
-def job_buffer(params: np.ndarray | None, version: int, batch: int, flags: int = 0) -> np.ndarray:
-    d = 0 if params is None else params.size
-    buf = np.empty(JOB_HEADER + d, dtype=np.float64)
-    buf[J_VERSION], buf[J_BATCH], buf[J_FLAGS] = version, batch, flags
-    if params is not None:
-        buf[JOB_HEADER:] = params
-    return buf
 
 
 class Backoff:
@@ -164,7 +106,7 @@ def unflatten(flat: dict) -> dict:
     return tree
 
 
-def send_tree(comm: MPI.Comm, dest: int, tree: dict, tag: int = TAG_TREE) -> None:
+def send_tree(comm: MPI.Comm, dest: int, tree: dict, tag: int) -> None:
     """Send a nested dict of arrays and JSON-able scalars without pickle."""
     flat = flatten(tree)
     arrays = {k: np.ascontiguousarray(v) for k, v in flat.items() if isinstance(v, np.ndarray)}
@@ -178,7 +120,7 @@ def send_tree(comm: MPI.Comm, dest: int, tree: dict, tag: int = TAG_TREE) -> Non
         comm.Send(a.reshape(-1).view(np.uint8), dest=dest, tag=tag)
 
 
-def recv_tree(comm: MPI.Comm, source: int, tag: int = TAG_TREE) -> dict:
+def recv_tree(comm: MPI.Comm, source: int, tag: int) -> dict:
     raw, _ = recv_sized(comm, source, tag, dtype=np.uint8)
     meta = json.loads(raw.tobytes().decode())
     flat = dict(meta["scalars"])

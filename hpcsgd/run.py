@@ -22,7 +22,8 @@ from hpcsgd.data import dataset_fingerprint, open_dataset, partition, read_label
 from hpcsgd.errors import UserError
 from hpcsgd.kernels import optim
 from hpcsgd.lock import RunLock
-from hpcsgd.master import Master, worker_states
+from hpcsgd.engine import layout
+from hpcsgd.engine.master import Engine
 from hpcsgd.methods import make_method
 from hpcsgd.models import make_model
 from hpcsgd.ordering import ORDERINGS, EpochCursor, make_ordering
@@ -30,7 +31,7 @@ from hpcsgd.stop import StopRequest
 from hpcsgd import streams
 from hpcsgd.streams import make_stream, set_stream_state
 from hpcsgd.stragglers import DelayModel
-from hpcsgd.worker import Worker, load_worker_state
+from hpcsgd.worker import Worker
 
 
 def _collective(comm: MPI.Comm, fn, *args):
@@ -225,25 +226,21 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
 
 def _run_master(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, hosts: list[str],
                 run_dir: Path, resume_tree: dict | None, resume_path: Path | None, quiet: bool) -> int:
-    """Rank 0 once the run directory is locked: build the master, load or initialise
+    """Rank 0 once the run directory is locked: build the engine, load or initialise
     the model, and run."""
     M = comm.Get_size() - 1
     method = make_method(cfg, sizes, model.dim, cfg["method"]["L"])
-    # The master posts its receives when built: only after the last set-up check.
+    # The engine posts its receives when built: only after the last set-up check.
     # A STOP file already there counts: the batch shell may write it while the job
     # starts up (hpcsgd-job.sh); the stop that honours it removes it.
     stop = StopRequest(run_dir)
-    master = Master(comm, cfg, model, sizes, method, run_dir, stop, hosts=hosts,
+    engine = Engine(comm, cfg, model, sizes, method, run_dir, stop, hosts=hosts,
                     test_rows=rows["test_rows"], data_fingerprint=rows["fingerprint"], quiet=quiet)
     if resume_tree is None:
         init_rng = make_stream(cfg["run"]["seed"], 0, streams.INIT)
-        master.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
+        engine.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
     else:
-        states = master.load_state(resume_tree)
-        master.last_checkpoint = resume_path
-        for j, st in states.items():
-            master._send(C.job_buffer(None, master.version, 0), j, C.TAG_STATE_SET)
-            C.send_tree(comm, j, st)
+        engine.resume_from(resume_tree, resume_path)
     if not quiet:
         what = "resuming" if resume_tree is not None else "training"
         print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
@@ -257,7 +254,7 @@ def _run_master(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, 
             print(f"[hpcsgd] {cfg['data']['source']} has no test rows: test metrics are NaN",
                   flush=True)
     with stop:
-        return master.run(fresh=resume_tree is None)
+        return engine.run(fresh=resume_tree is None)
 
 
 def _open_run_dir(lock: RunLock, fresh: bool) -> bool:
@@ -333,22 +330,18 @@ def check_loadable(tree: dict) -> None:
     try:
         cfg = from_json(tree["config"])
         M = int(tree["world_size"]) - 1
-        eng = tree["state"]["engine"]
-        if "mirror_sizes" in eng:
-            sizes = [int(n) for n in eng["mirror_sizes"]]
-        else:  # written before shard sizes were kept: what the stored orders show
-            sizes = [int(np.count_nonzero(row >= 0)) for row in tree["order"]["perm"]]
+        sizes = layout.shard_sizes(tree)
         if len(sizes) != M or min(sizes) < 1:
             raise ValueError(f"shard sizes {sizes} do not fit {M} workers")
         method = make_method(cfg, sizes, tree["model"]["params"].size, cfg["method"]["L"] or 1.0)
         method.load_state_dict(tree["state"]["method"])
         set_stream_state(make_stream(0, 0, streams.INIT), tree["rng"]["master"]["method"])
-        for j, state in worker_states(tree, sizes).items():
+        for j, state in layout.worker_states(tree, sizes).items():
             ordering = make_ordering(cfg["order"]["kind"], [sizes[j - 1]], cfg["run"]["seed"], workers=[j])
             cursor = EpochCursor(ordering)
             if "history" in state["order"]:
                 cursor.history = []
-            load_worker_state(cursor, make_stream(0, j, streams.DELAY), j, state)
+            layout.load_worker_state(cursor, make_stream(0, j, streams.DELAY), j, state)
     except (KeyError, IndexError, TypeError, ValueError, AssertionError) as exc:
         raise ValueError(f"its saved state does not load ({type(exc).__name__}: {exc})") from None
 

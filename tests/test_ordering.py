@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from hpcsgd.master import EpochMirror
+from hpcsgd.engine.scheduler import EpochMirror
 from hpcsgd.ordering import EpochCursor, make_ordering
 
 

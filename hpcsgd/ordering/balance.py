@@ -349,6 +349,11 @@ class _Pairs(_Balancing):
             diffs = np.concatenate((lead[0:1] - lead[1:2], diffs))
         return first, second, diffs
 
+    def whole_pairs(self, i: int, count: int) -> bool:
+        """``count`` examples of worker i make whole pairs: no example is waiting for a
+        partner and ``count`` is even (then ``pair_ids`` may be used)."""
+        return count % 2 == 0 and self.pending_id[i] < 0
+
     def pair_ids(self, i: int, count: int):
         """Visit ``count`` examples given only as pair differences (no odd leftovers)."""
         if count % 2 or self.pending_id[i] >= 0:

@@ -1,0 +1,362 @@
+"""The engine on rank 0, the master: it holds the model, applies updates and decides who
+computes what, by composing its parts (hpcsgd.engine) with the method.
+
+The loop, in one sentence: create the jobs the method asked for, take the next event (a
+worker's result), let the method decide whether to update the model and which jobs to
+create next, then trace, evaluate, checkpoint and check the stopping rules between
+updates.  Every wait goes through ``_wait``: it keeps receiving whatever arrives and
+lets ``Watch`` end the job when a stop request or a silent worker cannot be waited out.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcsgd import __version__, checkpoint, streams
+from hpcsgd import comm as C
+from hpcsgd import transport as T
+from hpcsgd.config import to_json
+from hpcsgd.engine import layout
+from hpcsgd.engine.clock import make_clock
+from hpcsgd.engine.evaluation import Evaluation
+from hpcsgd.engine.interface import Assignment
+from hpcsgd.engine.params import ParameterState
+from hpcsgd.engine.recorder import Recorder
+from hpcsgd.engine.scheduler import Scheduler
+from hpcsgd.engine.watch import Watch
+from hpcsgd.errors import CheckpointWriteError, DivergenceError, WorkerSilentError
+from hpcsgd.ordering import ORDERINGS
+from hpcsgd.stop import StopRequest
+from hpcsgd.streams import make_stream, set_stream_state, stream_state
+
+
+class Engine:
+    """Implements ``hpcsgd.engine.interface.Engine`` for the method it drives."""
+
+    def __init__(self, comm: MPI.Comm, cfg: dict, model, shard_sizes: list[int], method, run_dir: Path,
+                 stop: StopRequest, hosts: list[str] | None = None, test_rows: int = -1,
+                 data_fingerprint: str = "", quiet: bool = False):
+        self.comm, self.cfg, self.model, self.method = comm, cfg, model, method
+        self.run_dir, self.stop, self.quiet = run_dir, stop, quiet
+        self.root = {"test_rows": test_rows, "data_fingerprint": data_fingerprint}  # kept in checkpoints
+        run, order = cfg["run"], cfg["order"]
+        self.M = comm.Get_size() - 1
+        self.workers = range(1, self.M + 1)
+        self.clock = make_clock(run["clock"], self.M)
+        self.recorder = Recorder(run, self.clock, extras=getattr(method, "trace_extras", None), quiet=quiet)
+        pairs = ORDERINGS[order["kind"]].pair_differences(order["batch"])
+        self.link = T.MasterTransport(comm, model.dim, pairs, held=lambda: self.scheduler.held_buffers())
+        self.scheduler = Scheduler(shard_sizes, self.clock, send=self.link.send_job, count=self.recorder.count,
+                                   recycle=self.link.recycle,
+                                   observe=None if self.clock.simulated else method.observe)
+        self.state = ParameterState(model.dim, cfg["method"]["momentum"], cfg["model"]["l1"])
+        self.params = self.state.params
+        self.evaluation = Evaluation(self.link, model, cfg["model"]["l1"], self.recorder, self.clock)
+        self.watch = Watch(stop, run["worker_timeout"], run["stop_timeout"],
+                           list(hosts) if hosts else ["?"] * (self.M + 1), self.scheduler)
+        self.lr = cfg["method"]["lr"]
+        self.version = 0
+        self.rng = make_stream(run["seed"], 0, streams.METHOD)
+        self.contributions = [0] * (self.M + 1)  # applied gradients per worker
+        self.pending: list[Assignment] = []      # jobs the method asked for, not created yet
+        self.busy_seconds = 0.0  # master time spent deciding and updating (not waiting)
+        self.wait_seconds = 0.0  # master time spent waiting for results
+        self.updated = False
+        self.stop_reason = ""
+        self.last_checkpoint: Path | None = None
+        self.trees: dict[int, dict] = {}
+        self.trees_wanted: set[int] = set()
+        self.postponed: dict[int, float] | None = None  # a checkpoint waits for these to be heard
+        self.backoff = C.Backoff()
+        self.limits = (run["max_updates"], run["epochs"], run["max_seconds"])
+        self.ckpt_every = run["checkpoint_every"]
+        # wall clock, no other stopping rule: the epoch count needs every worker
+        self.epochs_only = not self.clock.simulated and run["epochs"] and not run["max_updates"] \
+            and not run["max_seconds"]
+
+    # ------------------------------------------------------------------ what a method uses
+    def apply(self, grad: np.ndarray, *, contributors: list[int], staleness: int, batch: int,
+              step_size: float | None = None, scale: float = 1.0, extra: dict | None = None,
+              block: slice | None = None) -> None:
+        lr = self.lr if step_size is None else step_size
+        if not self.state.step(grad, lr, scale, block):
+            raise DivergenceError(f"non-finite gradient at update {self.version + 1}")
+        self.version += 1
+        for j in contributors:
+            self.contributions[j] += 1
+        self.recorder.update(update=self.version, wall_time=self.clock.wall(), sim_time=self.clock.sim_time(),
+                             worker=contributors[0] if len(contributors) == 1 else -1, staleness=staleness,
+                             step_size=lr, k=len(contributors), batch=batch, **(extra or {}))
+        self.updated = True
+
+    def cancel_jobs_before(self, version: int) -> None:
+        self.scheduler.cancel_before(version)
+
+    def send_signs(self, worker: int, eps: np.ndarray) -> None:
+        self.link.send_signs(worker, eps)
+
+    def queued(self, worker: int) -> int:
+        return self.scheduler.queued(worker)
+
+    def at_epoch_end(self) -> bool:
+        return self.scheduler.at_epoch_end()
+
+    def overdue_seconds(self) -> list[float]:
+        return self.scheduler.overdue(time.monotonic())
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, fresh: bool) -> int:
+        self.clock.start()
+        try:
+            if fresh:
+                self.pending = list(self.method.start(self))
+                self.evaluate(wait=True)
+            self.stop_reason = self.should_stop()
+            while not self.stop_reason:
+                t0 = time.perf_counter()
+                pending, self.pending = self.pending, []
+                for a in pending:
+                    self.scheduler.create(a, self.version, self._job_message)
+                self.method.flush(self)
+                t1 = time.perf_counter()
+                self._wait(self.scheduler.event_ready, "a result", self.backoff)
+                job = self.scheduler.take()
+                self.recorder.took(job.batch, job.result.compute_seconds)
+                t2 = time.perf_counter()
+                self.pending.extend(self.method.on_result(self, job.result))
+                self.link.recycle(job.result)
+                self.busy_seconds += (t1 - t0) + (time.perf_counter() - t2)
+                self.wait_seconds += t2 - t1
+                if self.updated:
+                    self.updated = False
+                    self._between_updates()
+            self._drain()
+            self._wait(lambda: self.evaluation.pending is None, "an evaluation")
+            if self.recorder.evals.last("update") != self.version:
+                self.evaluate(wait=True)
+            path = self.checkpoint()
+        except DivergenceError as exc:
+            print(f"hpcsgd: error: training diverged: {exc}; {self.last_checkpoint_text()} "
+                  f"(try a smaller method.lr)", file=sys.stderr, flush=True)
+            self.release_workers(3)
+            return 3
+        except CheckpointWriteError as exc:
+            print(f"hpcsgd: error: {exc}", file=sys.stderr, flush=True)
+            self.release_workers(exc.exit_code)
+            return exc.exit_code
+        except WorkerSilentError as exc:
+            self._abandon(exc)
+        self._progress(force=True)
+        self.release_workers(0)
+        hint = ""
+        if self.stop.reason:
+            self.stop.consume_file()
+            hint = f"; continue with: hpcsgd resume {self.run_dir}"
+        if not self.quiet:
+            print(f"[hpcsgd] stopped: {self.stop_reason}; checkpoint {path}{hint}", flush=True)
+        return 0
+
+    def _job_message(self, batch: int, preemptible: bool) -> np.ndarray:
+        return self.link.job_message(self.params, self.version, batch, preemptible)
+
+    def should_stop(self) -> str:
+        max_updates, max_epochs, max_seconds = self.limits
+        if max_updates and self.version >= max_updates:
+            return f"reached run.max_updates = {max_updates}"
+        if max_epochs and self.scheduler.epoch() >= max_epochs:
+            return f"reached run.epochs = {max_epochs}"
+        if max_seconds and self.clock.now() >= max_seconds:
+            return f"reached run.max_seconds = {max_seconds:g}"
+        if self.watch.stop_requested():
+            return f"stop requested ({self.stop.reason})"
+        return ""
+
+    def _between_updates(self) -> None:
+        self.stop_reason = self.should_stop()
+        if not self.stop_reason:
+            ev = self.evaluation
+            if (ev.due and ev.pending is None) or self.recorder.eval_due(self.version):
+                self.evaluate()
+            if self.postponed is not None or (self.ckpt_every and self.version % self.ckpt_every == 0):
+                if self.postponed is None or all(self.scheduler.last_heard[j] > t for j, t in self.postponed.items()):
+                    self.checkpoint(postpone=True)
+            if self.epochs_only:
+                self.watch.epochs_can_end(self.limits[1])
+        self._progress()
+
+    def _progress(self, force: bool = False) -> None:
+        max_updates, max_epochs, max_seconds = self.limits
+        epoch = self.scheduler.epoch()
+        fraction = max(self.version / max_updates if max_updates else 0.0,
+                       epoch / max_epochs if max_epochs else 0.0,
+                       self.clock.now() / max_seconds if max_seconds else 0.0)
+        self.recorder.progress(self.version, epoch, fraction, force)
+
+    # ------------------------------------------------------------------ waiting
+    def _poll(self) -> bool:
+        """Receive whatever has arrived: results, evaluation replies, state trees."""
+        results = self.link.poll_results()
+        for r in results:
+            if r.stop and not self.stop.reason:
+                self.stop.reason = f"a signal on worker {r.worker}"
+            self.scheduler.replied(r)
+        got = bool(results)
+        if self.evaluation.pending is not None and self.evaluation.poll():
+            now = time.monotonic()
+            for j in self.workers:
+                self.scheduler.heard(j, now)
+            got = True
+        if self.trees_wanted:
+            for j, tree in self.link.poll_states(self.trees_wanted).items():
+                self.trees[j] = tree
+                self.trees_wanted.discard(j)
+                self.scheduler.heard(j, time.monotonic())
+                got = True
+        return got
+
+    def _owing(self) -> list[int]:
+        return [j for j in self.workers if self.scheduler.unanswered[j] or j in self.trees_wanted
+                or self.evaluation.owes(j)]
+
+    def _wait(self, done, what: str, backoff: C.Backoff | None = None, give_up=None) -> list[int]:
+        """Receive until ``done()``; ``give_up()`` may end the wait early by naming
+        the workers it gives up on."""
+        backoff = backoff or C.Backoff()
+        started = time.monotonic()
+        idle = 0
+        while not done():
+            if self._poll():
+                continue
+            idle += 1
+            if idle % 16 == 0:  # the clocks are looked at now and then, not on every poll
+                self.watch.check(started, what, self._owing)
+                if give_up is not None:
+                    lagging = give_up()
+                    if lagging:
+                        backoff.done()
+                        return lagging
+            backoff.wait()
+        backoff.done()
+        return []
+
+    def _drain(self, give_up=None) -> list[int]:
+        """Wait for every job in flight (cancelled ones are dropped on arrival)."""
+        return self._wait(lambda: not self.scheduler.in_flight(), "the jobs in flight", give_up=give_up)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, wait: bool = False) -> None:
+        """Evaluate the current model; the wall clock trains on while the replies come
+        (one due meanwhile is made once that one is in), the simulated clock waits."""
+        ev = self.evaluation
+        waits = wait or not self.clock.collects_in_background
+        if ev.pending is not None:
+            if not waits:
+                ev.due = True
+                return
+            self._wait(lambda: ev.pending is None, "an evaluation")
+        ev.request(self.params, self.version, self.scheduler.epoch())
+        if waits:
+            self._wait(lambda: ev.pending is None, "an evaluation")
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, postpone: bool = False) -> Path | None:
+        """Write a checkpoint; every worker's order and streams come with it, so every
+        job in flight is waited for first.  With ``postpone`` (wall clock, periodic
+        checkpoints) a lagging worker is not waited for: the checkpoint is taken at the
+        first update after it has answered again, and training goes on meanwhile."""
+        self.method.flush(self)
+        give_up = (lambda: self.scheduler.lagging(time.monotonic())) \
+            if postpone and self.clock.collects_in_background else None
+        lagging = self._drain(give_up)
+        if lagging:
+            if self.postponed is None and not self.quiet:
+                print(f"[hpcsgd] checkpoint at update {self.version} postponed: "
+                      f"no reply from {self.watch.describe(lagging)}; training goes on", flush=True)
+            self.postponed = {j: self.scheduler.last_heard[j] for j in lagging}
+            return None
+        self.postponed = None
+        self._wait(lambda: self.evaluation.pending is None, "an evaluation")
+        t = time.perf_counter()
+        self.link.request_states(self.version)
+        self.trees, self.trees_wanted = {}, set(self.workers)
+        self._wait(lambda: not self.trees_wanted, "the workers' state for a checkpoint")
+        tree = self._tree()
+        self.trees = {}
+        try:
+            path = checkpoint.save_checkpoint(self.run_dir, tree, keep=self.cfg["run"]["keep_checkpoints"])
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"cannot write a checkpoint into {self.run_dir} at update {self.version} "
+                f"({exc.strerror or exc}); {self.last_checkpoint_text()}") from None
+        self.last_checkpoint = path
+        self.clock.pause(time.perf_counter() - t)
+        return path
+
+    def _tree(self) -> dict:
+        root = {"update": self.version, "epoch": self.scheduler.epoch(), "method": self.method.name,
+                "world_size": self.M + 1, "config": to_json(self.cfg), "clock": self.cfg["run"]["clock"],
+                "hpcsgd_version": __version__, "stop_reason": self.stop_reason or "", **self.root}
+        engine = {"version": self.version, "contributions": np.array(self.contributions, dtype=np.int64),
+                  "pending": layout.pending_array(self.pending), "busy_seconds": self.busy_seconds,
+                  "wait_seconds": self.wait_seconds}
+        return layout.checkpoint_tree(
+            root=root, params=self.state.state_dict(), method=self.method.state_dict(), engine=engine,
+            clock=self.clock.state_dict(), recorder=self.recorder.state_dict(),
+            scheduler=self.scheduler.state_dict(self.link.result_row, T.RESULT_HEADER + self.model.dim),
+            master_rng=stream_state(self.rng), worker_trees=self.trees)
+
+    def resume_from(self, tree: dict, path: Path) -> None:
+        """Continue from a checkpoint tree: every part loads its state, and every worker
+        gets its own."""
+        parts = layout.parts(tree)
+        self.state.load_state_dict(parts["params"])
+        self.method.load_state_dict(parts["method"])
+        eng = parts["engine"]
+        self.version = eng["version"]
+        self.contributions = [int(c) for c in eng["contributions"]]
+        self.pending = layout.pending_list(eng["pending"])
+        self.busy_seconds, self.wait_seconds = float(eng["busy_seconds"]), float(eng["wait_seconds"])
+        self.clock.load_state_dict(parts["clock"])
+        self.scheduler.load_state_dict(parts["scheduler"], self.link.result_from_row)
+        self.recorder.load_state_dict(parts["recorder"])
+        set_stream_state(self.rng, parts["master_rng"])
+        for j, state in layout.worker_states(tree, self.scheduler.mirror.sizes).items():
+            self.link.send_state(j, self.version, state)
+        self.last_checkpoint = path
+
+    def last_checkpoint_text(self) -> str:
+        """Names the checkpoint that is intact: this job's last one, or the one it
+        resumed from."""
+        if self.last_checkpoint is not None:
+            return f"the last good checkpoint is {self.last_checkpoint}"
+        return f"no checkpoint was written in {self.run_dir}"
+
+    # ------------------------------------------------------------------ the end
+    def _abandon(self, exc: WorkerSilentError) -> None:
+        """A worker cannot be waited for any longer: one line on what happened and which
+        checkpoint is intact, then end every rank (a frozen one cannot leave by itself)."""
+        who = self.watch.describe(exc.workers) if exc.workers else "no worker"
+        resume = f"; resume with: hpcsgd resume {self.run_dir}" if self.last_checkpoint else ""
+        sys.stdout.flush()
+        sys.stderr.write(f"hpcsgd: error: no reply from {who}: {exc}; no new checkpoint, "
+                         f"{self.last_checkpoint_text()}{resume}\n")
+        sys.stderr.flush()
+        time.sleep(0.5)  # let mpiexec forward the line before the job is torn down
+        self.comm.Abort(exc.exit_code)
+
+    def release_workers(self, status: int) -> None:
+        """Drop jobs never sent, receive and discard whatever is still in flight so that
+        no worker is left blocked in a send, then let every worker leave its loop."""
+        self.scheduler.withdraw_held(self.version + 1)
+        self.scheduler.cancel_before(self.version + 1)
+        try:
+            self._drain()
+            self._wait(lambda: self.evaluation.pending is None, "an evaluation")
+        except WorkerSilentError as exc:
+            self._abandon(exc)
+        self.link.release(self.version, status)

@@ -1,0 +1,340 @@
+"""Every message between the master (rank 0) and the workers: its layout, its packing
+and unpacking, the buffers behind it and the non-blocking calls that move it.  No other
+module indexes a header.
+
+Every per-update message is one float64 buffer ``[header | payload]`` sent with the
+upper-case (buffer) mpi4py API; integers in headers (versions, counts) are exact in
+float64 below 2**53.  Master -> worker messages all leave rank 0 and the worker takes
+them with ``ANY_TAG``, so it sees them in the order they were sent.  The rarer state
+exchanges of a checkpoint move trees of arrays (``comm.send_tree``).  Nothing pickles.
+
+    job          [version, batch, flags | parameters]          TAG_JOB
+    evaluation   [version, 0, 0 | parameters]                  TAG_EVAL
+    signs        [eps_0 .. eps_{Q-1}]  (CD-GraB, +1/-1)        TAG_SIGNS
+    state get    [version, 0, 0]; the worker answers a tree    TAG_STATE_GET
+    state set    [version, 0, 0], then a tree                  TAG_STATE_SET
+    release      [version, 0, exit status]                     TAG_RELEASE
+    result       [RESULT header | gradient | pair differences] TAG_RESULT
+    eval reply   [EVAL header | gradient sum]                  TAG_EVAL_RESULT
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+from mpi4py import MPI
+
+from hpcsgd import comm as C
+from hpcsgd.engine.interface import Result
+
+# master -> worker
+TAG_JOB = 1
+TAG_EVAL = 2
+TAG_STATE_GET = 3
+TAG_STATE_SET = 4
+TAG_RELEASE = 5     # leave the worker loop with the exit status in the header
+TAG_SIGNS = 6
+# worker -> master
+TAG_RESULT = 11
+TAG_EVAL_RESULT = 12
+TAG_TREE = 13
+
+# Job header.  A job is identified by its place in the worker's queue, so one buffer
+# serves every worker at the same version.
+J_VERSION, J_BATCH, J_FLAGS = range(3)
+JOB_HEADER = 3
+FLAG_PREEMPTIBLE = 1  # any newer message from the master makes this job obsolete
+
+# Result header.  R_DURATION is the injected delay drawn for the job (in full, even when
+# it was abandoned) and R_DELAY_COMM its communication part; R_SAMPLES is 0 for a job
+# dropped before it was computed; R_PAIRS counts the pair differences after the
+# gradient; R_STOP is 1 once the worker was asked to stop (a signal on its rank).
+(R_VERSION, R_BATCH, R_SAMPLES, R_DURATION, R_COMPUTE_S, R_LOSS_SUM, R_ABANDONED, R_EPOCH,
+ R_PAIRS, R_DELAY_COMM, R_STOP) = range(11)
+RESULT_HEADER = 11
+
+# Evaluation reply: sums over the worker's rows, then the gradient sum over its train
+# rows.  E_SECONDS is how long the worker computed: the training clock is set back by
+# the slowest worker's, not by the whole exchange (jobs still running meanwhile are
+# training time).
+(E_TRAIN_LOSS, E_TRAIN_N, E_TRAIN_CORRECT, E_TEST_LOSS, E_TEST_N, E_TEST_CORRECT, E_SECONDS) = range(7)
+EVAL_HEADER = 7
+
+SPARE_BUFFERS = 4  # job buffers of past versions kept for reuse
+
+
+def result_length(d: int, pair_differences: int) -> int:
+    """Longest result message: header, gradient, and the pair differences a coordinated
+    ordering ships (``Ordering.pair_differences``)."""
+    return RESULT_HEADER + d * (1 + pair_differences)
+
+
+def _header(version: int, batch: int = 0, flags: int = 0, d: int = 0) -> np.ndarray:
+    buf = np.empty(JOB_HEADER + d, dtype=np.float64)
+    buf[J_VERSION], buf[J_BATCH], buf[J_FLAGS] = version, batch, flags
+    return buf
+
+
+@dataclass(slots=True)
+class EvalSums:
+    """One evaluation's sums over every worker's rows."""
+    train_loss: float
+    train_n: float
+    test_loss: float
+    test_n: float
+    test_correct: float
+    seconds: float            # the slowest worker's evaluation compute
+    grad_sum: np.ndarray      # the data loss gradient summed over the train rows
+
+
+class MasterTransport:
+    """Rank 0's side.  One result receive is posted per worker at all times; every send
+    is non-blocking and its buffer lives until it completes; a job message is copied
+    once per version and shared by every job of that version (``held`` names the job
+    buffers the scheduler still holds unsent, so that none is reused early)."""
+
+    def __init__(self, comm: MPI.Comm, d: int, pair_differences: int,
+                 held: Callable[[], Iterable[np.ndarray]] = tuple):
+        self.comm = comm
+        self.M = comm.Get_size() - 1
+        self.d = d
+        self.held = held
+        self.recv_size = result_length(d, pair_differences)
+        self.send_reqs: list[MPI.Request] = []  # sends not known complete, and their buffers
+        self.send_bufs: list[np.ndarray] = []
+        self.job_bufs: dict[tuple[int, int], np.ndarray] = {}  # (batch, flags) -> this version's
+        self.job_bufs_version = -1
+        self.retired_bufs: list[np.ndarray] = []  # older versions' buffers, reusable once unused
+        self.spare_bufs: list[np.ndarray] = []
+        self.free_bufs: list[np.ndarray] = []     # result buffers
+        self.recv_bufs: dict[int, np.ndarray] = {}
+        self.recvs = [self._post_recv(j) for j in range(1, self.M + 1)]
+        self.eval_bufs: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- sending
+    def _send(self, buf: np.ndarray, worker: int, tag: int) -> None:
+        self.send_reqs.append(self.comm.Isend(buf, dest=worker, tag=tag))
+        self.send_bufs.append(buf)
+        if len(self.send_reqs) > 8 * self.M:  # a rank that does not receive: keep the list short
+            self.reap()
+
+    def reap(self) -> None:
+        """Forget completed sends; recycle old job buffers that nothing uses any more."""
+        reqs = self.send_reqs
+        if reqs:
+            done = MPI.Request.Testsome(reqs)
+            if done and len(done) == len(reqs):
+                reqs.clear()
+                self.send_bufs.clear()
+            elif done:
+                gone = set(done)
+                self.send_reqs = [r for i, r in enumerate(reqs) if i not in gone]
+                self.send_bufs = [b for i, b in enumerate(self.send_bufs) if i not in gone]
+        if not self.retired_bufs:
+            return
+        held = list(self.held())
+        busy = {id(b) for b in self.send_bufs} | {id(b) for b in held} if (self.send_reqs or held) else ()
+        keep = []
+        for buf in self.retired_bufs:
+            if id(buf) in busy:
+                keep.append(buf)
+            elif len(self.spare_bufs) < SPARE_BUFFERS:
+                self.spare_bufs.append(buf)
+        self.retired_bufs = keep
+
+    def job_message(self, params: np.ndarray, version: int, batch: int, preemptible: bool) -> np.ndarray:
+        """The job message for (version, batch, preemptible), shared by every job of that
+        version.  Isend needs a buffer nobody writes to until it completes, and the model
+        changes at the next update; old buffers are reused (a fresh d-sized allocation
+        per update costs page faults)."""
+        flags = FLAG_PREEMPTIBLE if preemptible else 0
+        if self.job_bufs_version != version:
+            self.retired_bufs.extend(self.job_bufs.values())
+            self.job_bufs.clear()
+            self.job_bufs_version = version
+        buf = self.job_bufs.get((batch, flags))
+        if buf is None:
+            if not self.spare_bufs:
+                self.reap()  # refills the spares from retired buffers now unused
+            buf = self.spare_bufs.pop() if self.spare_bufs else np.empty(JOB_HEADER + self.d)
+            buf[J_VERSION], buf[J_BATCH], buf[J_FLAGS] = version, batch, flags
+            buf[JOB_HEADER:] = params
+            self.job_bufs[batch, flags] = buf
+        return buf
+
+    def send_job(self, worker: int, buf: np.ndarray) -> None:
+        self._send(buf, worker, TAG_JOB)
+
+    def send_signs(self, worker: int, eps: np.ndarray) -> None:
+        self._send(eps.astype(np.float64), worker, TAG_SIGNS)
+
+    def send_state(self, worker: int, version: int, tree: dict) -> None:
+        self._send(_header(version), worker, TAG_STATE_SET)
+        C.send_tree(self.comm, worker, tree, tag=TAG_TREE)
+
+    def request_states(self, version: int) -> None:
+        for j in range(1, self.M + 1):
+            self._send(_header(version), j, TAG_STATE_GET)
+
+    def poll_states(self, wanted: set[int]) -> dict[int, dict]:
+        """The state trees of ``wanted`` workers that have arrived (non-blocking)."""
+        got = {}
+        for j in sorted(wanted):
+            if self.comm.Iprobe(source=j, tag=TAG_TREE):
+                got[j] = C.recv_tree(self.comm, j, tag=TAG_TREE)
+        return got
+
+    # ---------------------------------------------------------------- results
+    def _post_recv(self, worker: int) -> MPI.Request:
+        buf = self.free_bufs.pop() if self.free_bufs else np.empty(self.recv_size)
+        self.recv_bufs[worker] = buf
+        return self.comm.Irecv(buf, source=worker, tag=TAG_RESULT)
+
+    def poll_results(self) -> list[Result]:
+        """The results that have arrived, by worker rank (their receives re-posted)."""
+        idx = MPI.Request.Testsome(self.recvs)
+        if not idx:
+            return []
+        out = []
+        for i in sorted(idx):
+            worker = i + 1
+            buf = self.recv_bufs[worker]
+            self.recvs[i] = self._post_recv(worker)
+            out.append(self.unpack_result(worker, buf))
+        return out
+
+    def unpack_result(self, worker: int, buf: np.ndarray) -> Result:
+        d = self.d
+        h = buf[:RESULT_HEADER].tolist()  # one conversion, not one NumPy scalar per field
+        return Result(worker=worker, version=int(h[R_VERSION]), batch=int(h[R_BATCH]),
+                      samples=int(h[R_SAMPLES]), duration=float(h[R_DURATION]),
+                      delay_comm=float(h[R_DELAY_COMM]), compute_seconds=float(h[R_COMPUTE_S]),
+                      loss_sum=float(h[R_LOSS_SUM]), abandoned=bool(h[R_ABANDONED]),
+                      epoch=int(h[R_EPOCH]), stop=bool(h[R_STOP]),
+                      grad=buf[RESULT_HEADER:RESULT_HEADER + d],
+                      pairs=buf[RESULT_HEADER + d:RESULT_HEADER + d * (1 + int(h[R_PAIRS]))].reshape(-1, d),
+                      buf=buf)
+
+    def recycle(self, result: Result) -> None:
+        """A result's buffer may take the next message."""
+        self.free_bufs.append(result.buf)
+
+    def result_row(self, result: Result) -> np.ndarray:
+        """A result without pair differences as one row (checkpoints keep results in flight)."""
+        return result.buf[:RESULT_HEADER + self.d]
+
+    def result_from_row(self, worker: int, row: np.ndarray) -> Result:
+        buf = np.empty(self.recv_size)
+        buf[:RESULT_HEADER + self.d] = row
+        return self.unpack_result(worker, buf)
+
+    # ---------------------------------------------------------------- evaluation
+    def request_eval(self, params: np.ndarray, version: int) -> list[MPI.Request]:
+        """Send the model to every worker for evaluation; the replies' receives."""
+        buf = _header(version, d=self.d)
+        buf[JOB_HEADER:] = params
+        for j in range(1, self.M + 1):
+            self._send(buf, j, TAG_EVAL)
+        if self.eval_bufs is None:
+            self.eval_bufs = np.empty((self.M, EVAL_HEADER + self.d))
+        return [self.comm.Irecv(self.eval_bufs[j - 1], source=j, tag=TAG_EVAL_RESULT)
+                for j in range(1, self.M + 1)]
+
+    def eval_sums(self) -> EvalSums:
+        """The replies of the evaluation just completed, summed over the workers."""
+        r = self.eval_bufs
+        tot = r[:, :EVAL_HEADER].sum(axis=0)
+        return EvalSums(train_loss=tot[E_TRAIN_LOSS], train_n=tot[E_TRAIN_N], test_loss=tot[E_TEST_LOSS],
+                        test_n=tot[E_TEST_N], test_correct=tot[E_TEST_CORRECT],
+                        seconds=float(r[:, E_SECONDS].max()), grad_sum=r[:, EVAL_HEADER:].sum(axis=0))
+
+    # ---------------------------------------------------------------- the end
+    def release(self, version: int, status: int) -> None:
+        """Let every worker leave its loop with ``status``; cancel the receives and
+        complete every send."""
+        for j in range(1, self.M + 1):
+            self._send(_header(version, flags=status), j, TAG_RELEASE)
+        for req in self.recvs:
+            req.Cancel()
+        MPI.Request.Waitall(self.recvs)
+        C.wait_all(self.send_reqs)
+        self.send_reqs.clear()
+        self.send_bufs.clear()
+
+
+class WorkerTransport:
+    """A worker's side: it takes the master's messages in the order they were sent and
+    answers with blocking sends (rank 0 always has a receive posted)."""
+
+    def __init__(self, comm: MPI.Comm, d: int, batch: int, pair_differences: int):
+        self.comm = comm
+        self.d = d
+        self.inbox = np.empty(JOB_HEADER + max(d, batch))  # a job, or up to B/2 signs
+        self.params = self.inbox[JOB_HEADER:JOB_HEADER + d]  # the model of a job or evaluation
+        self.out = np.empty(result_length(d, pair_differences))
+        self.grad = self.out[RESULT_HEADER:RESULT_HEADER + d]  # where the mean gradient goes
+        self.eval_out = np.empty(EVAL_HEADER + d)
+        self.eval_grad = self.eval_out[EVAL_HEADER:]
+        self.status = MPI.Status()
+        self.backoff = C.Backoff()
+
+    def receive(self) -> int:
+        """Block politely for the next master message; returns its tag."""
+        while not self.comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=self.status):
+            self.backoff.wait()
+        self.backoff.done()
+        tag = self.status.Get_tag()
+        self.comm.Recv(self.inbox, source=0, tag=tag)
+        return tag
+
+    def newer_waiting(self) -> bool:
+        """The master has sent something newer than the message being handled."""
+        return self.comm.Iprobe(source=0, tag=MPI.ANY_TAG)
+
+    def job(self) -> tuple[int, int, bool]:
+        """(version, batch, preemptible) of the job just received; its model is ``params``."""
+        h = self.inbox[:JOB_HEADER].tolist()
+        return int(h[J_VERSION]), int(h[J_BATCH]), bool(int(h[J_FLAGS]) & FLAG_PREEMPTIBLE)
+
+    def exit_status(self) -> int:
+        return int(self.inbox[J_FLAGS])
+
+    def signs(self) -> np.ndarray:
+        return self.inbox[:self.status.Get_count(MPI.DOUBLE)].astype(np.int8)
+
+    def pair_slot(self, count: int) -> np.ndarray:
+        """Where ``count`` pair differences go, after the gradient: [count, d]."""
+        d = self.d
+        return self.out[RESULT_HEADER + d:RESULT_HEADER + d * (1 + count)].reshape(count, d)
+
+    def reply(self, version: int, batch: int, samples: int, delay_comm: float, delay_compute: float,
+              compute: float, loss_sum: float, abandoned: bool, pairs: int, epoch: int, stop: bool) -> None:
+        """Send the result of the job: the header, then (unless abandoned: its gradient is
+        never used) the gradient in ``grad`` and ``pairs`` differences in ``pair_slot``."""
+        h = [0.0] * RESULT_HEADER  # filled as a list, copied in once (NumPy scalar writes are slow)
+        h[R_VERSION], h[R_BATCH], h[R_SAMPLES] = version, batch, samples
+        h[R_DURATION], h[R_DELAY_COMM] = delay_comm + delay_compute, delay_comm
+        h[R_COMPUTE_S], h[R_LOSS_SUM] = compute, loss_sum
+        h[R_ABANDONED] = abandoned
+        h[R_EPOCH], h[R_PAIRS] = epoch, pairs
+        h[R_STOP] = stop
+        self.out[:RESULT_HEADER] = h
+        n = RESULT_HEADER if abandoned else RESULT_HEADER + self.d * (1 + pairs)
+        self.comm.Send(self.out[:n], dest=0, tag=TAG_RESULT)
+
+    def eval_reply(self, train_loss: float, train_n: int, train_correct: float, test_loss: float,
+                   test_n: int, test_correct: float, seconds: float) -> None:
+        """Send the evaluation sums; the train gradient sum is already in ``eval_grad``."""
+        r = self.eval_out
+        r[E_TRAIN_LOSS], r[E_TRAIN_N], r[E_TRAIN_CORRECT] = train_loss, train_n, train_correct
+        r[E_TEST_LOSS], r[E_TEST_N], r[E_TEST_CORRECT] = test_loss, test_n, test_correct
+        r[E_SECONDS] = seconds
+        self.comm.Send(r, dest=0, tag=TAG_EVAL_RESULT)
+
+    def send_state(self, tree: dict) -> None:
+        C.send_tree(self.comm, 0, tree, tag=TAG_TREE)
+
+    def receive_state(self) -> dict:
+        return C.recv_tree(self.comm, 0, tag=TAG_TREE)
