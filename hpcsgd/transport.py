@@ -77,6 +77,39 @@ def _header(version: int, batch: int = 0, flags: int = 0, d: int = 0) -> np.ndar
     return buf
 
 
+def unpack_job(buf: np.ndarray) -> tuple[int, int, bool]:
+    """(version, batch, preemptible) of a job message."""
+    h = buf[:JOB_HEADER].tolist()
+    return int(h[J_VERSION]), int(h[J_BATCH]), bool(int(h[J_FLAGS]) & FLAG_PREEMPTIBLE)
+
+
+def pack_result(out: np.ndarray, version: int, batch: int, samples: int, delay_comm: float,
+                delay_compute: float, compute: float, loss_sum: float, abandoned: bool, pairs: int,
+                epoch: int, stop: bool) -> None:
+    """Write a result header into ``out`` (the gradient and pairs follow it there)."""
+    h = [0.0] * RESULT_HEADER  # filled as a list, copied in once (NumPy scalar writes are slow)
+    h[R_VERSION], h[R_BATCH], h[R_SAMPLES] = version, batch, samples
+    h[R_DURATION], h[R_DELAY_COMM] = delay_comm + delay_compute, delay_comm
+    h[R_COMPUTE_S], h[R_LOSS_SUM] = compute, loss_sum
+    h[R_ABANDONED] = abandoned
+    h[R_EPOCH], h[R_PAIRS] = epoch, pairs
+    h[R_STOP] = stop
+    out[:RESULT_HEADER] = h
+
+
+def unpack_result(worker: int, buf: np.ndarray, d: int) -> Result:
+    """A result message as the methods see it (gradient and pairs are views into ``buf``)."""
+    h = buf[:RESULT_HEADER].tolist()  # one conversion, not one NumPy scalar per field
+    return Result(worker=worker, version=int(h[R_VERSION]), batch=int(h[R_BATCH]),
+                  samples=int(h[R_SAMPLES]), duration=float(h[R_DURATION]),
+                  delay_comm=float(h[R_DELAY_COMM]), compute_seconds=float(h[R_COMPUTE_S]),
+                  loss_sum=float(h[R_LOSS_SUM]), abandoned=bool(h[R_ABANDONED]),
+                  epoch=int(h[R_EPOCH]), stop=bool(h[R_STOP]),
+                  grad=buf[RESULT_HEADER:RESULT_HEADER + d],
+                  pairs=buf[RESULT_HEADER + d:RESULT_HEADER + d * (1 + int(h[R_PAIRS]))].reshape(-1, d),
+                  buf=buf)
+
+
 @dataclass(slots=True)
 class EvalSums:
     """One evaluation's sums over every worker's rows."""
@@ -202,20 +235,8 @@ class MasterTransport:
             worker = i + 1
             buf = self.recv_bufs[worker]
             self.recvs[i] = self._post_recv(worker)
-            out.append(self.unpack_result(worker, buf))
+            out.append(unpack_result(worker, buf, self.d))
         return out
-
-    def unpack_result(self, worker: int, buf: np.ndarray) -> Result:
-        d = self.d
-        h = buf[:RESULT_HEADER].tolist()  # one conversion, not one NumPy scalar per field
-        return Result(worker=worker, version=int(h[R_VERSION]), batch=int(h[R_BATCH]),
-                      samples=int(h[R_SAMPLES]), duration=float(h[R_DURATION]),
-                      delay_comm=float(h[R_DELAY_COMM]), compute_seconds=float(h[R_COMPUTE_S]),
-                      loss_sum=float(h[R_LOSS_SUM]), abandoned=bool(h[R_ABANDONED]),
-                      epoch=int(h[R_EPOCH]), stop=bool(h[R_STOP]),
-                      grad=buf[RESULT_HEADER:RESULT_HEADER + d],
-                      pairs=buf[RESULT_HEADER + d:RESULT_HEADER + d * (1 + int(h[R_PAIRS]))].reshape(-1, d),
-                      buf=buf)
 
     def recycle(self, result: Result) -> None:
         """A result's buffer may take the next message."""
@@ -228,7 +249,7 @@ class MasterTransport:
     def result_from_row(self, worker: int, row: np.ndarray) -> Result:
         buf = np.empty(self.recv_size)
         buf[:RESULT_HEADER + self.d] = row
-        return self.unpack_result(worker, buf)
+        return unpack_result(worker, buf, self.d)
 
     # ---------------------------------------------------------------- evaluation
     def request_eval(self, params: np.ndarray, version: int) -> list[MPI.Request]:
@@ -295,8 +316,7 @@ class WorkerTransport:
 
     def job(self) -> tuple[int, int, bool]:
         """(version, batch, preemptible) of the job just received; its model is ``params``."""
-        h = self.inbox[:JOB_HEADER].tolist()
-        return int(h[J_VERSION]), int(h[J_BATCH]), bool(int(h[J_FLAGS]) & FLAG_PREEMPTIBLE)
+        return unpack_job(self.inbox)
 
     def exit_status(self) -> int:
         return int(self.inbox[J_FLAGS])
@@ -313,14 +333,8 @@ class WorkerTransport:
               compute: float, loss_sum: float, abandoned: bool, pairs: int, epoch: int, stop: bool) -> None:
         """Send the result of the job: the header, then (unless abandoned: its gradient is
         never used) the gradient in ``grad`` and ``pairs`` differences in ``pair_slot``."""
-        h = [0.0] * RESULT_HEADER  # filled as a list, copied in once (NumPy scalar writes are slow)
-        h[R_VERSION], h[R_BATCH], h[R_SAMPLES] = version, batch, samples
-        h[R_DURATION], h[R_DELAY_COMM] = delay_comm + delay_compute, delay_comm
-        h[R_COMPUTE_S], h[R_LOSS_SUM] = compute, loss_sum
-        h[R_ABANDONED] = abandoned
-        h[R_EPOCH], h[R_PAIRS] = epoch, pairs
-        h[R_STOP] = stop
-        self.out[:RESULT_HEADER] = h
+        pack_result(self.out, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
+                    abandoned, pairs, epoch, stop)
         n = RESULT_HEADER if abandoned else RESULT_HEADER + self.d * (1 + pairs)
         self.comm.Send(self.out[:n], dest=0, tag=TAG_RESULT)
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from hpcsgd import __version__
+from hpcsgd.config import to_json
 from hpcsgd.engine.interface import Assignment
 from hpcsgd.streams import set_stream_state, stream_state
+from hpcsgd.transport import RESULT_HEADER
 
 
 # ---------------------------------------------------------------------------- a worker's part
@@ -154,5 +157,38 @@ def parts(tree: dict) -> dict:
         "recorder": {"row_samples": eng["row_samples"], "row_messages": eng["row_messages"],
                      "row_compute": eng["row_compute"], "trace": tree["trace"], "eval": tree["eval"]},
         "master_rng": tree["rng"]["master"]["method"],
-        "workers": worker_states(tree, shard_sizes(tree)),
     }
+
+
+# ---------------------------------------------------------------------------- the engine's parts
+
+def engine_tree(engine, worker_trees: dict[int, dict]) -> dict:
+    """An engine's checkpoint: its parts' state dicts and every worker's state."""
+    root = {"update": engine.version, "epoch": engine.scheduler.epoch(), "method": engine.method.name,
+            "world_size": engine.M + 1, "config": to_json(engine.cfg), "clock": engine.cfg["run"]["clock"],
+            "hpcsgd_version": __version__, "stop_reason": engine.stop_reason or "", **engine.root}
+    own = {"version": engine.version, "contributions": np.array(engine.contributions, dtype=np.int64),
+           "pending": pending_array(engine.pending), "busy_seconds": engine.busy_seconds,
+           "wait_seconds": engine.wait_seconds}
+    return checkpoint_tree(
+        root=root, params=engine.state.state_dict(), method=engine.method.state_dict(), engine=own,
+        clock=engine.clock.state_dict(), recorder=engine.recorder.state_dict(),
+        scheduler=engine.scheduler.state_dict(engine.link.result_row, RESULT_HEADER + engine.model.dim),
+        master_rng=stream_state(engine.rng), worker_trees=worker_trees)
+
+
+def restore_engine(engine, tree: dict) -> dict[int, dict]:
+    """Load every part of ``engine`` from a checkpoint tree; returns each worker's state."""
+    p = parts(tree)
+    engine.state.load_state_dict(p["params"])
+    engine.method.load_state_dict(p["method"])
+    own = p["engine"]
+    engine.version = own["version"]
+    engine.contributions = [int(c) for c in own["contributions"]]
+    engine.pending = pending_list(own["pending"])
+    engine.busy_seconds, engine.wait_seconds = float(own["busy_seconds"]), float(own["wait_seconds"])
+    engine.clock.load_state_dict(p["clock"])
+    engine.scheduler.load_state_dict(p["scheduler"], engine.link.result_from_row)
+    engine.recorder.load_state_dict(p["recorder"])
+    set_stream_state(engine.rng, p["master_rng"])
+    return worker_states(tree, engine.scheduler.mirror.sizes)

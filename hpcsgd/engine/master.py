@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from hpcsgd import __version__, checkpoint, streams
+from hpcsgd import checkpoint, streams
 from hpcsgd import comm as C
 from hpcsgd import transport as T
-from hpcsgd.config import to_json
 from hpcsgd.engine import layout
 from hpcsgd.engine.clock import make_clock
 from hpcsgd.engine.evaluation import Evaluation
@@ -32,7 +31,7 @@ from hpcsgd.engine.watch import Watch
 from hpcsgd.errors import CheckpointWriteError, DivergenceError, WorkerSilentError
 from hpcsgd.ordering import ORDERINGS
 from hpcsgd.stop import StopRequest
-from hpcsgd.streams import make_stream, set_stream_state, stream_state
+from hpcsgd.streams import make_stream
 
 
 class Engine:
@@ -285,7 +284,7 @@ class Engine:
         self.link.request_states(self.version)
         self.trees, self.trees_wanted = {}, set(self.workers)
         self._wait(lambda: not self.trees_wanted, "the workers' state for a checkpoint")
-        tree = self._tree()
+        tree = layout.engine_tree(self, self.trees)
         self.trees = {}
         try:
             path = checkpoint.save_checkpoint(self.run_dir, tree, keep=self.cfg["run"]["keep_checkpoints"])
@@ -297,35 +296,10 @@ class Engine:
         self.clock.pause(time.perf_counter() - t)
         return path
 
-    def _tree(self) -> dict:
-        root = {"update": self.version, "epoch": self.scheduler.epoch(), "method": self.method.name,
-                "world_size": self.M + 1, "config": to_json(self.cfg), "clock": self.cfg["run"]["clock"],
-                "hpcsgd_version": __version__, "stop_reason": self.stop_reason or "", **self.root}
-        engine = {"version": self.version, "contributions": np.array(self.contributions, dtype=np.int64),
-                  "pending": layout.pending_array(self.pending), "busy_seconds": self.busy_seconds,
-                  "wait_seconds": self.wait_seconds}
-        return layout.checkpoint_tree(
-            root=root, params=self.state.state_dict(), method=self.method.state_dict(), engine=engine,
-            clock=self.clock.state_dict(), recorder=self.recorder.state_dict(),
-            scheduler=self.scheduler.state_dict(self.link.result_row, T.RESULT_HEADER + self.model.dim),
-            master_rng=stream_state(self.rng), worker_trees=self.trees)
-
     def resume_from(self, tree: dict, path: Path) -> None:
         """Continue from a checkpoint tree: every part loads its state, and every worker
         gets its own."""
-        parts = layout.parts(tree)
-        self.state.load_state_dict(parts["params"])
-        self.method.load_state_dict(parts["method"])
-        eng = parts["engine"]
-        self.version = eng["version"]
-        self.contributions = [int(c) for c in eng["contributions"]]
-        self.pending = layout.pending_list(eng["pending"])
-        self.busy_seconds, self.wait_seconds = float(eng["busy_seconds"]), float(eng["wait_seconds"])
-        self.clock.load_state_dict(parts["clock"])
-        self.scheduler.load_state_dict(parts["scheduler"], self.link.result_from_row)
-        self.recorder.load_state_dict(parts["recorder"])
-        set_stream_state(self.rng, parts["master_rng"])
-        for j, state in layout.worker_states(tree, self.scheduler.mirror.sizes).items():
+        for j, state in layout.restore_engine(self, tree).items():
             self.link.send_state(j, self.version, state)
         self.last_checkpoint = path
 
