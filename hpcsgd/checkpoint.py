@@ -50,6 +50,8 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 
+# what the engine's layout holds: one definition, next to the code that builds it
+from hpcsgd.engine.layout import ENGINE_INTS, ENGINE_NUMBERS, INFLIGHT_ARRAYS, MASTER_STREAMS, WORKER_STREAMS
 from hpcsgd.errors import UserError
 from hpcsgd.trace import EVAL_COLUMNS, TRACE_COLUMNS
 
@@ -90,13 +92,6 @@ _SCALAR_TYPES = (bool, int, float, str, np.bool_, np.integer, np.floating, np.st
 _DAMAGE_ERRORS = (OSError, ValueError, LookupError, TypeError, RuntimeError, ArithmeticError,
                   MemoryError, UnicodeError)
 
-# The state/engine entries Master.load_state reads.
-ENGINE_INTS = ("version", "seq", "arrivals", "row_samples", "row_messages")
-ENGINE_NUMBERS = ("sim_now", "wall_time", "row_compute", "busy_seconds", "wait_seconds")
-INFLIGHT_ARRAYS = ("jobs", "times", "results")
-# RNG streams per rank (JSON bit-generator states) that a resume restores.
-MASTER_STREAMS = ("method",)
-WORKER_STREAMS = ("order", "delay")
 
 
 # ---------------------------------------------------------------------- checksums

@@ -135,6 +135,7 @@ class MasterTransport:
         self.d = d
         self.held = held
         self.recv_size = result_length(d, pair_differences)
+        self.row_width = RESULT_HEADER + d  # a result without pair differences (``result_row``)
         self.send_reqs: list[MPI.Request] = []  # sends not known complete, and their buffers
         self.send_bufs: list[np.ndarray] = []
         self.job_bufs: dict[tuple[int, int], np.ndarray] = {}  # (batch, flags) -> this version's
@@ -244,11 +245,11 @@ class MasterTransport:
 
     def result_row(self, result: Result) -> np.ndarray:
         """A result without pair differences as one row (checkpoints keep results in flight)."""
-        return result.buf[:RESULT_HEADER + self.d]
+        return result.buf[:self.row_width]
 
     def result_from_row(self, worker: int, row: np.ndarray) -> Result:
         buf = np.empty(self.recv_size)
-        buf[:RESULT_HEADER + self.d] = row
+        buf[:self.row_width] = row
         return unpack_result(worker, buf, self.d)
 
     # ---------------------------------------------------------------- evaluation

@@ -23,7 +23,13 @@ from hpcsgd import __version__
 from hpcsgd.config import to_json
 from hpcsgd.engine.interface import Assignment
 from hpcsgd.streams import set_stream_state, stream_state
-from hpcsgd.transport import RESULT_HEADER
+
+# What /state/engine and /rng hold, for hpcsgd.checkpoint's validation of a file's layout.
+ENGINE_INTS = ("version", "seq", "arrivals", "row_samples", "row_messages")
+ENGINE_NUMBERS = ("sim_now", "wall_time", "row_compute", "busy_seconds", "wait_seconds")
+INFLIGHT_ARRAYS = ("jobs", "times", "results")
+MASTER_STREAMS = ("method",)           # JSON bit-generator states a resume restores
+WORKER_STREAMS = ("order", "delay")
 
 
 # ---------------------------------------------------------------------------- a worker's part
@@ -173,7 +179,7 @@ def engine_tree(engine, worker_trees: dict[int, dict]) -> dict:
     return checkpoint_tree(
         root=root, params=engine.state.state_dict(), method=engine.method.state_dict(), engine=own,
         clock=engine.clock.state_dict(), recorder=engine.recorder.state_dict(),
-        scheduler=engine.scheduler.state_dict(engine.link.result_row, RESULT_HEADER + engine.model.dim),
+        scheduler=engine.scheduler.state_dict(engine.link.result_row, engine.link.row_width),
         master_rng=stream_state(engine.rng), worker_trees=worker_trees)
 
 
