@@ -24,7 +24,7 @@ checksums) carry none: they load *unchecked* (``inspect`` says so); a format-2 f
 without a checksum somewhere is damaged.
 
 Validation: ``validate_tree`` checks the layout the engine writes and reads back
-(``Master.state_tree`` / ``load_state``) against the file's own config and world size;
+(``hpcsgd.engine.layout``) against the file's own config and world size;
 ``load_checkpoint`` turns every way a damaged file can fail while being read into a
 one-line reason and, for a run directory, falls back to the next file.
 

@@ -209,7 +209,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         lock = RunLock(run_dir)
         _on_root(comm, _open_run_dir, lock, resume_tree is None)
         try:
-            return _run_master(comm, cfg, model, sizes, rows, hosts, run_dir, resume_tree, resume_path, quiet)
+            return _run_engine(comm, cfg, model, sizes, rows, hosts, run_dir, resume_tree, resume_path, quiet)
         finally:
             lock.release()
 
@@ -224,7 +224,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         return Worker(comm, cfg, model, X, y, X_test, y_test, cursor, delay, stop).run()
 
 
-def _run_master(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, hosts: list[str],
+def _run_engine(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, hosts: list[str],
                 run_dir: Path, resume_tree: dict | None, resume_path: Path | None, quiet: bool) -> int:
     """Rank 0 once the run directory is locked: build the engine, load or initialise
     the model, and run."""

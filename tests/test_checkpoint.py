@@ -29,7 +29,7 @@ def _stream(rng: np.random.Generator) -> str:
 
 def with_engine_state(tree: dict, seed: int = 0) -> dict:
     """Complete ``tree`` (root attributes, config, /model/params, optionally /order/perm,
-    /trace and /eval columns) into the layout Master.state_tree writes: optimizer,
+    /trace and /eval columns) into the layout hpcsgd.engine.layout writes: optimizer,
     method, engine and per-worker state, every rank's streams, order positions and
     every standard trace/eval column, sized by its world size and parameters."""
     rng = np.random.default_rng(seed + 1000)
