@@ -24,7 +24,7 @@ from hpcsgd.kernels import optim
 from hpcsgd.lock import RunLock
 from hpcsgd.engine import layout
 from hpcsgd.engine.master import Engine
-from hpcsgd.methods import make_method
+from hpcsgd.methods import make_method, needs_L, trace_extras
 from hpcsgd.models import make_model
 from hpcsgd.ordering import ORDERINGS, EpochCursor, make_ordering
 from hpcsgd.stop import StopRequest
@@ -196,7 +196,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     if cfg["run"]["eval_every"] == 0 and not cfg["run"]["eval_seconds"]:
         cfg["run"]["eval_every"] = _default_eval_every(cfg, sizes, M)
     m = cfg["method"]
-    if m["kind"] in ("piag", "async_bcd") and not m["L"] and not m["gamma_prime"]:
+    if needs_L(cfg):
         m["L"] = _collective(comm, _estimate_L, comm, model, None if local is None else local[0])
         if rank == 0 and not quiet:
             print(f"[hpcsgd] method.L = {m['L']:.6g} by power iteration; gamma' = h / L = "
@@ -235,7 +235,8 @@ def _run_engine(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, 
     # starts up (hpcsgd-job.sh); the stop that honours it removes it.
     stop = StopRequest(run_dir)
     engine = Engine(comm, cfg, model, sizes, method, run_dir, stop, hosts=hosts,
-                    test_rows=rows["test_rows"], data_fingerprint=rows["fingerprint"], quiet=quiet)
+                    trace_extras=trace_extras(cfg["method"]["kind"]), test_rows=rows["test_rows"],
+                    data_fingerprint=rows["fingerprint"], quiet=quiet)
     if resume_tree is None:
         init_rng = make_stream(cfg["run"]["seed"], 0, streams.INIT)
         engine.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])

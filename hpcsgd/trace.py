@@ -22,7 +22,7 @@ class Table:
     """Append-only columns.  New rows wait as dicts and move into the NumPy columns a
     block at a time: the master appends one row per update, and storing a dict costs a
     small fraction of writing a dozen NumPy scalars one by one.  A column that a row
-    leaves out (or that appears later, e.g. a method's stage) is 0 there."""
+    leaves out is 0 there; a column nobody declared is an error, never a silent int32."""
 
     BLOCK = 1024
 
@@ -37,16 +37,22 @@ class Table:
         return self.stored + len(self.rows)
 
     def add_column(self, name: str, dtype) -> None:
-        """Methods may trace extra columns (e.g. a stage number); earlier rows get 0."""
+        """A column of its own dtype (e.g. a method's stage number); earlier rows get 0."""
         if name not in self.dtypes:
             self._store()
             self.dtypes[name] = dtype
             self.columns[name] = np.zeros(self._capacity(), dtype=dtype)
 
     def append(self, **row) -> None:
+        self.append_row(row)
+
+    def append_row(self, row: dict) -> None:
+        """Append ``row`` itself (the table keeps the dict until it stores a block).
+        Every column is declared with its dtype first (a method's in its MethodSpec)."""
         if not row.keys() <= self.dtypes.keys():
-            for name in row.keys() - self.dtypes.keys():  # a method's own column
-                self.add_column(name, np.int32)
+            unknown = ", ".join(sorted(row.keys() - self.dtypes.keys()))
+            raise KeyError(f"trace columns {unknown} are not declared (a method declares its own in its "
+                           f"MethodSpec.extras)")
         self.rows.append(row)
         if len(self.rows) == self.BLOCK:
             self._store()

@@ -226,11 +226,11 @@ class MasterTransport:
         self.recv_bufs[worker] = buf
         return self.comm.Irecv(buf, source=worker, tag=TAG_RESULT)
 
-    def poll_results(self) -> list[Result]:
+    def poll_results(self) -> list[Result] | tuple:
         """The results that have arrived, by worker rank (their receives re-posted)."""
         idx = MPI.Request.Testsome(self.recvs)
         if not idx:
-            return []
+            return ()
         out = []
         for i in sorted(idx):
             worker = i + 1

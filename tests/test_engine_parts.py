@@ -101,7 +101,7 @@ class FakeWorkers:
                                count=self.count, recycle=lambda r: None)
         self.durations = durations
 
-    def count(self, samples=0, messages=0):
+    def count(self, samples, messages):
         self.load[0] += samples
         self.load[1] += messages
 
@@ -221,9 +221,9 @@ def test_the_recorder_flushes_the_load_into_each_row_and_keeps_the_eval_schedule
     clock = SimulatedClock(1)
     rec = Recorder({"eval_every": 0, "eval_seconds": 2.0, "progress_every": 0}, clock,
                    extras={"stage": np.int32}, quiet=True)
-    rec.took(4, 0.5), rec.count(samples=2, messages=1), rec.took(4, 0.25)
-    rec.update(update=1, staleness=0, stage=1)
-    rec.update(update=2, staleness=1, stage=1)
+    rec.took(4, 0.5), rec.count(2, 1), rec.took(4, 0.25)
+    rec.update({"update": 1, "staleness": 0, "stage": 1})
+    rec.update({"update": 2, "staleness": 1, "stage": 1})
     tr = rec.trace.arrays()
     assert tr["samples_computed"].tolist() == [10, 0] and tr["messages"].tolist() == [3, 0]
     assert tr["compute_seconds"].tolist() == [0.5, 0.0] and tr["stage"].dtype == np.int32
@@ -233,6 +233,8 @@ def test_the_recorder_flushes_the_load_into_each_row_and_keeps_the_eval_schedule
     assert rec.next_eval_at == 4.0 and not rec.eval_due(3)
     clock.sim_now = 4.0
     assert rec.eval_due(3)
+    with pytest.raises(KeyError, match="trace columns queue are not declared"):
+        rec.update({"update": 3, "queue": 2})  # an extra nobody declared: never a silent int32
     copy = Recorder({"eval_every": 0, "eval_seconds": 2.0, "progress_every": 0}, clock, quiet=True)
     copy.load_state_dict(rec.state_dict())
     assert copy.next_eval_at == 4.0 and np.array_equal(copy.trace.arrays()["stage"], tr["stage"])

@@ -38,8 +38,8 @@ class Engine:
     """Implements ``hpcsgd.engine.interface.Engine`` for the method it drives."""
 
     def __init__(self, comm: MPI.Comm, cfg: dict, model, shard_sizes: list[int], method, run_dir: Path,
-                 stop: StopRequest, hosts: list[str] | None = None, test_rows: int = -1,
-                 data_fingerprint: str = "", quiet: bool = False):
+                 stop: StopRequest, hosts: list[str] | None = None, trace_extras: dict | None = None,
+                 test_rows: int = -1, data_fingerprint: str = "", quiet: bool = False):
         self.comm, self.cfg, self.model, self.method = comm, cfg, model, method
         self.run_dir, self.stop, self.quiet = run_dir, stop, quiet
         self.root = {"test_rows": test_rows, "data_fingerprint": data_fingerprint}  # kept in checkpoints
@@ -47,7 +47,7 @@ class Engine:
         self.M = comm.Get_size() - 1
         self.workers = range(1, self.M + 1)
         self.clock = make_clock(run["clock"], self.M)
-        self.recorder = Recorder(run, self.clock, extras=getattr(method, "trace_extras", None), quiet=quiet)
+        self.recorder = Recorder(run, self.clock, extras=trace_extras, quiet=quiet)
         pairs = ORDERINGS[order["kind"]].pair_differences(order["batch"])
         self.link = T.MasterTransport(comm, model.dim, pairs, held=lambda: self.scheduler.held_buffers())
         self.scheduler = Scheduler(shard_sizes, self.clock, send=self.link.send_job, count=self.recorder.count,
@@ -88,9 +88,12 @@ class Engine:
         self.version += 1
         for j in contributors:
             self.contributions[j] += 1
-        self.recorder.update(update=self.version, wall_time=self.clock.wall(), sim_time=self.clock.sim_time(),
-                             worker=contributors[0] if len(contributors) == 1 else -1, staleness=staleness,
-                             step_size=lr, k=len(contributors), batch=batch, **(extra or {}))
+        row = {"update": self.version, "wall_time": self.clock.wall(), "sim_time": self.clock.sim_time(),
+               "worker": contributors[0] if len(contributors) == 1 else -1, "staleness": staleness,
+               "step_size": lr, "k": len(contributors), "batch": batch}
+        if extra:
+            row.update(extra)
+        self.recorder.update(row)
         self.updated = True
 
     def cancel_jobs_before(self, version: int) -> None:
@@ -200,7 +203,7 @@ class Engine:
     def _poll(self) -> bool:
         """Receive whatever has arrived: results, evaluation replies, state trees."""
         results = self.link.poll_results()
-        for r in results:
+        for r in results:  # () when nothing came
             if r.stop and not self.stop.reason:
                 self.stop.reason = f"a signal on worker {r.worker}"
             self.scheduler.replied(r)

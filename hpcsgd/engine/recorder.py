@@ -35,7 +35,7 @@ class Recorder:
         self.progress_updates = 0
 
     # ---------------------------------------------------------------- load and rows
-    def count(self, samples: int = 0, messages: int = 0) -> None:
+    def count(self, samples: int, messages: int) -> None:
         """Load that goes into the current row: samples computed (dropped work included)
         and messages (parameter vectors sent and gradients received, not bare
         acknowledgements)."""
@@ -49,10 +49,11 @@ class Recorder:
         if compute_seconds > self.compute:
             self.compute = compute_seconds
 
-    def update(self, **row) -> None:
-        """The row of one applied update, with the load counted since the last one."""
-        self.trace.append(samples_computed=self.samples, messages=self.messages,
-                          compute_seconds=self.compute, **row)
+    def update(self, row: dict) -> None:
+        """The row of one applied update (kept as given), with the load counted since
+        the last one."""
+        row["samples_computed"], row["messages"], row["compute_seconds"] = self.samples, self.messages, self.compute
+        self.trace.append_row(row)
         self.samples = 0
         self.messages = 0
         self.compute = 0.0

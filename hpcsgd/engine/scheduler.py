@@ -148,7 +148,7 @@ class Scheduler:
         job = Job(worker, self.seq, version, batch, a.preemptible, t_assign=self.clock.now(), undo=undo)
         self.seq += 1
         self.jobs[worker].append(job)
-        self.count(messages=1)
+        self.count(0, 1)
         if self.unanswered[worker] < SEND_WINDOW and not self.held[worker]:
             self.send(worker, buf)
             job.sent_at = time.monotonic()
@@ -177,7 +177,7 @@ class Scheduler:
             while q and q[-1].held and q[-1].version < version:
                 job = q.pop()
                 self.mirror.restore(worker, job.undo)
-                self.count(messages=-1)
+                self.count(0, -1)
                 self.held[worker] -= 1
                 job.buf = None
 
