@@ -37,6 +37,7 @@ import numpy as np
 
 from hpcsgd.config import SCHEMA
 from hpcsgd.errors import UserError
+from hpcsgd.methods import registry
 
 METHODS = SCHEMA["method"]["kind"].choices
 ORDERS = SCHEMA["order"]["kind"].choices
@@ -102,7 +103,16 @@ def covering_set() -> list[list[str]]:
         r["model"] = model
     for r in rows:
         r.setdefault("model", "none")
-        r["partition"] = "replicate" if r["method"] == "async_bcd" and r["order"] != "so" else None
+        # a method that needs settings to run at all (MethodSpec.requires) gets them,
+        # except on one point, where its refusal is exercised
+        needs = registry.spec(r["method"]).requires
+        r["partition"] = None
+        if needs and r["order"] == ORDERS[1]:
+            r["partition"] = PARTITIONS[0]
+        elif needs:
+            r.setdefault("more", []).extend(s for s in needs if not s.startswith("data.partition="))
+            r["partition"] = next((s.split("=", 1)[1].strip("'") for s in needs
+                                   if s.startswith("data.partition=")), None)
     free = [r for r in rows if r["partition"] is None]
     for r, part in zip(free, itertools.cycle(PARTITIONS)):
         r["partition"] = part
@@ -111,9 +121,9 @@ def covering_set() -> list[list[str]]:
             continue
         key = SCHEMA[table][name]
         values = key.choices if key.choices else (True, False)
-        reader = READERS.get((table, name), lambda r: True)
         extra = EXTRA.get((table, name), {})
-        cycle(f"{table}.{name}", [[f"{table}.{name}={_literal(v)}", *extra.get(v, ())] for v in values], reader)
+        cycle(f"{table}.{name}", [[f"{table}.{name}={_literal(v)}", *extra.get(v, ())] for v in values],
+              reader(table, name))
     return [point(r["method"], r["order"], r["model"], r["delays"], r["partition"],
                   "wall" if r["clock"] == "wall" else "simulated", *r.get("more", [])) for r in rows]
 
@@ -130,15 +140,15 @@ def _literal(value) -> str:
 # Enumerated keys that the covering set's own factors already vary.
 SEEN_ELSEWHERE = {("method", "kind"), ("order", "kind"), ("run", "clock"), ("stragglers", "model"),
                   ("data", "partition")}
-# Where a key is read, so that each of its values is exercised (not merely warned about).
-READERS = {
-    ("method", "assign"): lambda r: r["method"] == "async",
-    ("method", "schedule"): lambda r: r["method"] == "gsgm",
-    ("method", "average"): lambda r: r["method"] == "gsgm",
-    ("method", "stepsize"): lambda r: r["method"] in ("piag", "async_bcd"),
-    ("method", "switch"): lambda r: r["method"] in ("adaptive_k", "adaptive_kb"),
-    ("stragglers", "speeds"): lambda r: r["delays"],
-}
+def reader(table: str, name: str):
+    """Which points read a key, so that each of its values is exercised (not merely
+    warned about): a method key by the methods that list it (the registry)."""
+    if table == "method":
+        kinds = set(registry.readers(name))
+        return lambda r: r["method"] in kinds
+    if (table, name) == ("stragglers", "speeds"):
+        return lambda r: r["delays"]
+    return lambda r: True
 EXTRA = {("method", "switch"): {"bound": BOUND}}
 
 

@@ -126,7 +126,7 @@ class Worker:
         if not ordering.coordinated:
             ordering.step(G[None])
             return loss_sum, 0
-        first, second, diffs = ordering.pairs(0, G)
+        first, second, diffs = ordering.visit_pairs(0, G)
         self.link.pair_slot(first.size)[:] = diffs.reshape(first.size, self.model.dim)
         if first.size:
             self.awaiting.append((first, second))

@@ -229,7 +229,7 @@ def test_cd_grab_worker_pairs_carry_an_odd_example():
     perm = order.next_epoch()[0]
     firsts, seconds, diffs, start = [], [], [], 0
     for b in [3, 0, 2, 1, 5]:
-        first, second, c = order.pairs(0, G[perm[start:start + b]])
+        first, second, c = order.visit_pairs(0, G[perm[start:start + b]])
         order.place(0, first, second, np.ones(first.size, dtype=np.int8))
         firsts.append(first)
         seconds.append(second)

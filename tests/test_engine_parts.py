@@ -309,3 +309,11 @@ def test_the_checkpoint_tree_comes_apart_into_the_parts_it_was_made_of():
     assert layout.pending_list(p["engine"]["pending"]) == pending
     back = layout.worker_states(tree, layout.shard_sizes(tree))
     assert np.array_equal(back[2]["order"]["perm"], np.arange(5)) and back[1]["rng"]["delay"] == "d1"
+
+
+def test_the_orderings_declare_their_capabilities_as_plain_flags():
+    from hpcsgd.ordering import ORDERINGS
+    caps = {k: (c.per_example, c.pairs, c.coordinated) for k, c in ORDERINGS.items()}
+    assert caps == {"rr": (False, False, False), "so": (False, False, False), "grab": (True, False, False),
+                    "pair": (True, True, False), "cd_grab": (True, True, True)}
+    assert [ORDERINGS[k].pair_differences(b) for k, b in (("rr", 8), ("cd_grab", 8), ("cd_grab", 1))] == [0, 4, 1]

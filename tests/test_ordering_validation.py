@@ -285,14 +285,14 @@ def test_cd_grab_worker_calls_refuse_what_would_break_the_order():
     order = make_ordering("cd_grab", [8], seed=0, workers=[1])
     order.next_epoch()
     G = np.random.default_rng(0).standard_normal((8, 3))
-    first, second, diffs = order.pairs(0, G[:4])
+    first, second, diffs = order.visit_pairs(0, G[:4])
     before = order.state_dict()
     with pytest.raises(ValueError, match=r"gradients must have shape \[b, 3\], got shape \(2, 2\)"):
-        order.pairs(0, G[:2, :2])
+        order.visit_pairs(0, G[:2, :2])
     with pytest.raises(ValueError, match=r"gradients must have shape \[b, 3\], got shape \(1, 2, 3\)"):
-        order.pairs(0, G[None, :2])
+        order.visit_pairs(0, G[None, :2])
     with pytest.raises(ValueError, match="visit 6 examples, but 4 of the epoch's 8 are left"):
-        order.pairs(0, G[:6])
+        order.visit_pairs(0, G[:6])
     with pytest.raises(ValueError, match="pair_ids\\(\\) visit 6 examples, but 4"):
         order.pair_ids(0, 6)
     with pytest.raises(ValueError, match="needs whole pairs"):
@@ -303,7 +303,7 @@ def test_cd_grab_worker_calls_refuse_what_would_break_the_order():
     with pytest.raises(ValueError, match=r"place\(\) got 3 signs, but 2 visited pairs wait"):
         order.place(0, np.arange(3), np.arange(3), np.ones(3, dtype=np.int8))
     assert same_state(order.state_dict(), before)
-    first2, second2, _ = order.pairs(0, G[4:8])  # all 8 visited, the first 2 pairs placed next
+    first2, second2, _ = order.visit_pairs(0, G[4:8])  # all 8 visited, the first 2 pairs placed next
     order.place(0, first, second, ones)
     before = order.state_dict()
     with pytest.raises(ValueError, match=r"2 visited pairs still wait for place\(\)"):

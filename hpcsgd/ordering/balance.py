@@ -500,7 +500,7 @@ class CDGraB(_Pairs):
             first, second = self.pair_ids(i, 2 * eps.shape[1])
             self._place(i, first, second, eps[i])
 
-    def pairs(self, i: int, grads: np.ndarray):
+    def visit_pairs(self, i: int, grads: np.ndarray):
         """Worker side in the engine: visit a batch [b, d], return (first, second, diffs)."""
         g = self._worker_rows(i, grads, "gradients", "b")
         if not self.perms or g.shape[0] > self.sizes[i] - self.pos[i]:
