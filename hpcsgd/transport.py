@@ -21,7 +21,7 @@ exchanges of a checkpoint move trees of arrays (``comm.send_tree``).  Nothing pi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Sequence
 
 import numpy as np
 from mpi4py import MPI
@@ -129,7 +129,7 @@ class MasterTransport:
     buffers the scheduler still holds unsent, so that none is reused early)."""
 
     def __init__(self, comm: MPI.Comm, d: int, pair_differences: int,
-                 held: Callable[[], Iterable[np.ndarray]] = tuple):
+                 held: Callable[[], Sequence[np.ndarray]] = tuple):
         self.comm = comm
         self.M = comm.Get_size() - 1
         self.d = d
@@ -168,7 +168,7 @@ class MasterTransport:
                 self.send_bufs = [b for i, b in enumerate(self.send_bufs) if i not in gone]
         if not self.retired_bufs:
             return
-        held = list(self.held())
+        held = self.held()
         busy = {id(b) for b in self.send_bufs} | {id(b) for b in held} if (self.send_reqs or held) else ()
         keep = []
         for buf in self.retired_bufs:

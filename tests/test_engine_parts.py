@@ -97,13 +97,21 @@ class FakeWorkers:
         self.clock = (SimulatedClock if simulated else WallClock)(M)
         self.sent = {j: [] for j in range(1, M + 1)}
         self.load = [0, 0]
-        self.sched = Scheduler([100] * M, self.clock, send=lambda j, buf: self.sent[j].append(buf),
-                               count=self.count, recycle=lambda r: None)
+        self.sched = Scheduler([100] * M, self.clock, message=lambda params, v, b, p: (v, b, p),
+                               send=lambda j, buf: self.sent[j].append(buf), load=self, recycle=lambda r: None)
         self.durations = durations
 
     def count(self, samples, messages):
         self.load[0] += samples
         self.load[1] += messages
+
+    @property
+    def messages(self):
+        return self.load[1]
+
+    @messages.setter
+    def messages(self, n):
+        self.load[1] = n
 
     def answer(self, worker):
         """The worker answers the oldest job it was sent."""
@@ -111,7 +119,7 @@ class FakeWorkers:
         self.sched.replied(result(worker, self.durations(worker), samples=batch, version=version, batch=batch))
 
     def create(self, worker, version=0, batch=4, preemptible=False):
-        self.sched.create(Assignment(worker, batch, preemptible), version, lambda b, p: (version, b, p))
+        self.sched.create(Assignment(worker, batch, preemptible), None, version)
 
 
 def test_simulated_events_come_in_completion_order_whatever_the_arrival_order():

@@ -50,14 +50,18 @@ class Engine:
         self.recorder = Recorder(run, self.clock, extras=trace_extras, quiet=quiet)
         pairs = ORDERINGS[order["kind"]].pair_differences(order["batch"])
         self.link = T.MasterTransport(comm, model.dim, pairs, held=lambda: self.scheduler.held_buffers())
-        self.scheduler = Scheduler(shard_sizes, self.clock, send=self.link.send_job, count=self.recorder.count,
-                                   recycle=self.link.recycle,
+        self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send=self.link.send_job,
+                                   load=self.recorder, recycle=self.link.recycle,
                                    observe=None if self.clock.simulated else method.observe)
         self.state = ParameterState(model.dim, cfg["method"]["momentum"], cfg["model"]["l1"])
         self.params = self.state.params
         self.evaluation = Evaluation(self.link, model, cfg["model"]["l1"], self.recorder, self.clock)
         self.watch = Watch(stop, run["worker_timeout"], run["stop_timeout"],
                            list(hosts) if hosts else ["?"] * (self.M + 1), self.scheduler)
+        self.cancel_jobs_before = self.scheduler.cancel_before
+        self.send_signs = self.link.send_signs
+        self.queued = self.scheduler.queued
+        self.at_epoch_end = self.scheduler.at_epoch_end
         self.lr = cfg["method"]["lr"]
         self.version = 0
         self.rng = make_stream(run["seed"], 0, streams.METHOD)
@@ -96,17 +100,8 @@ class Engine:
         self.recorder.update(row)
         self.updated = True
 
-    def cancel_jobs_before(self, version: int) -> None:
-        self.scheduler.cancel_before(version)
-
-    def send_signs(self, worker: int, eps: np.ndarray) -> None:
-        self.link.send_signs(worker, eps)
-
-    def queued(self, worker: int) -> int:
-        return self.scheduler.queued(worker)
-
-    def at_epoch_end(self) -> bool:
-        return self.scheduler.at_epoch_end()
+    # cancel_jobs_before, send_signs, queued and at_epoch_end are the parts' own methods,
+    # bound in __init__ (a method calls them on every update)
 
     def overdue_seconds(self) -> list[float]:
         return self.scheduler.overdue(time.monotonic())
@@ -123,7 +118,7 @@ class Engine:
                 t0 = time.perf_counter()
                 pending, self.pending = self.pending, []
                 for a in pending:
-                    self.scheduler.create(a, self.version, self._job_message)
+                    self.scheduler.create(a, self.params, self.version)
                 self.method.flush(self)
                 t1 = time.perf_counter()
                 self._wait(self.scheduler.event_ready, "a result", self.backoff)
@@ -163,9 +158,6 @@ class Engine:
             print(f"[hpcsgd] stopped: {self.stop_reason}; checkpoint {path}{hint}", flush=True)
         return 0
 
-    def _job_message(self, batch: int, preemptible: bool) -> np.ndarray:
-        return self.link.job_message(self.params, self.version, batch, preemptible)
-
     def should_stop(self) -> str:
         max_updates, max_epochs, max_seconds = self.limits
         if max_updates and self.version >= max_updates:
@@ -192,6 +184,8 @@ class Engine:
         self._progress()
 
     def _progress(self, force: bool = False) -> None:
+        if not (force or self.recorder.progress_due()):
+            return
         max_updates, max_epochs, max_seconds = self.limits
         epoch = self.scheduler.epoch()
         fraction = max(self.version / max_updates if max_updates else 0.0,

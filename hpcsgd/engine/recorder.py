@@ -77,6 +77,10 @@ class Recorder:
         return bool(self.eval_seconds) and self.clock.now() >= self.next_eval_at
 
     # ---------------------------------------------------------------- progress
+    def progress_due(self) -> bool:
+        return bool(not self.quiet and self.progress_every
+                    and time.perf_counter() - self.last_progress >= self.progress_every)
+
     def progress(self, version: int, epoch: float, fraction: float, force: bool = False) -> None:
         """A progress line every run.progress_every seconds; ``fraction`` of the run done."""
         if self.quiet or not self.progress_every:

@@ -24,7 +24,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
@@ -118,16 +118,17 @@ class EpochMirror:
 
 
 class Scheduler:
-    """``send(worker, buf)`` sends a job message; ``count(samples, messages)`` books load
-    in the current trace row; ``recycle(result)`` frees a result's buffer;
+    """``message(params, version, batch, preemptible)`` makes a job's buffer and
+    ``send(worker, buf)`` sends it; ``load`` books the current trace row's load (its
+    ``samples`` and ``messages``); ``recycle(result)`` frees a result's buffer;
     ``observe(job, result)`` (wall clock) lets the method watch every reply."""
 
-    def __init__(self, shard_sizes: list[int], clock, send: Callable, count: Callable,
+    def __init__(self, shard_sizes: list[int], clock, message: Callable, send: Callable, load,
                  recycle: Callable, observe: Callable | None = None):
         M = len(shard_sizes)
         self.workers = range(1, M + 1)
         self.clock = clock
-        self.send, self.count, self.recycle, self.observe = send, count, recycle, observe
+        self.message, self.send, self.load, self.recycle, self.observe = message, send, load, recycle, observe
         self.mirror = EpochMirror(shard_sizes)
         self.jobs: dict[int, deque[Job]] = {j: deque() for j in self.workers}
         self.seq = 0
@@ -138,17 +139,17 @@ class Scheduler:
         self.turnaround = [0.0] * (M + 1)   # smoothed send-to-reply seconds
 
     # ---------------------------------------------------------------- creating jobs
-    def create(self, a: Assignment, version: int, message: Callable[[int, bool], np.ndarray]) -> None:
-        """A job at ``version`` for ``a.worker``, queued behind its others; sent now if
-        its worker has room, else held.  ``message(batch, preemptible)`` is its buffer."""
+    def create(self, a: Assignment, params: np.ndarray, version: int) -> None:
+        """A job at (params, version) for ``a.worker``, queued behind its others; sent now
+        if its worker has room, else held."""
         worker = a.worker
         undo = self.mirror.position(worker)
         batch = self.mirror.take(worker, a.batch)
-        buf = message(batch, a.preemptible)
+        buf = self.message(params, version, batch, a.preemptible)
         job = Job(worker, self.seq, version, batch, a.preemptible, t_assign=self.clock.now(), undo=undo)
         self.seq += 1
         self.jobs[worker].append(job)
-        self.count(0, 1)
+        self.load.messages += 1
         if self.unanswered[worker] < SEND_WINDOW and not self.held[worker]:
             self.send(worker, buf)
             job.sent_at = time.monotonic()
@@ -177,13 +178,14 @@ class Scheduler:
             while q and q[-1].held and q[-1].version < version:
                 job = q.pop()
                 self.mirror.restore(worker, job.undo)
-                self.count(0, -1)
+                self.load.messages -= 1
                 self.held[worker] -= 1
                 job.buf = None
 
-    def held_buffers(self) -> Iterator[np.ndarray]:
-        if any(self.held):
-            yield from (j.buf for q in self.jobs.values() for j in q if j.held)
+    def held_buffers(self) -> list[np.ndarray] | tuple:
+        if not any(self.held):
+            return ()
+        return [j.buf for q in self.jobs.values() for j in q if j.held]
 
     # ---------------------------------------------------------------- replies
     def replied(self, r: Result) -> Job:
@@ -206,7 +208,7 @@ class Scheduler:
         if self.observe is not None:
             self.observe(job, r)
         if key is None:
-            self.count(samples, messages)
+            self.load.count(samples, messages)
             self._forget(job)
         else:
             heapq.heappush(self.ready, key)
@@ -233,7 +235,7 @@ class Scheduler:
                 job.cancel_time = t
                 load = self.clock.cancelled(job, t)
                 if load is not None:
-                    self.count(*load)
+                    self.load.count(*load)
                     self._forget(job)
         self.ready = [e for e in self.ready if self._find(e[2], e[1]) is not None]
         heapq.heapify(self.ready)
