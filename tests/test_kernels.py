@@ -9,6 +9,7 @@ chunk boundary of the blocked softmax/mlp kernels.
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -472,9 +473,10 @@ def test_cache_dir_is_keyed_by_every_kernel_source(tmp_path, monkeypatch):
     kdir = Path(K.__file__).resolve().parent
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     d = Path(K.numba_cache_dir())
-    assert d == tmp_path / "hpcsgd" / f"numba-{K.source_hash(kdir)}" and d.is_dir()
+    # one directory per host: nodes sharing a home directory never share a cache
+    assert d == tmp_path / "hpcsgd" / f"numba-{K.source_hash(kdir)}" / socket.gethostname() and d.is_dir()
     if not os.environ.get("NUMBA_CACHE_DIR"):  # the running kernels use such a directory
-        assert Path(numba.config.CACHE_DIR).name == d.name
+        assert Path(numba.config.CACHE_DIR).parts[-2:] == d.parts[-2:]
         assert K.logistic.grad_sum._cache._cache_path.startswith(numba.config.CACHE_DIR)
     # any byte of any file, or a new file, gives a new key
     src = tmp_path / "src"

@@ -22,9 +22,11 @@ kernel that calls a helper from another file (every model calls ``linear`` or
 ``dense``) would keep running the old helper after an edit to it.  So, before any
 kernel module is imported (the ``@njit(cache=True)`` decorators pick their cache
 directory when they run), ``numba.config.CACHE_DIR`` is pointed at a directory named
-after a hash of the bytes of ALL files in this package:
-``$XDG_CACHE_HOME/hpcsgd/numba-<hash>`` (default ``~/.cache/hpcsgd/...``; a private
-directory under the temp dir if that is not writable).  Any edit to any kernel file
+after a hash of the bytes of ALL files in this package and the host name:
+``$XDG_CACHE_HOME/hpcsgd/numba-<hash>/<host>`` (default ``~/.cache/hpcsgd/...``; a
+private directory under the temp dir if that is not writable).  Per host, because on a
+cluster the home directory is shared: every node compiles into a directory of its own
+(its CPU may differ) instead of all nodes renaming files into one over NFS.  Any edit to any kernel file
 thus starts from a fresh cache; directories of older hashes are never read again and
 may be deleted.  A ``NUMBA_CACHE_DIR`` set by the user is respected (then keeping it
 fresh is the user's business).  MPI ranks that compile into the same directory at
@@ -34,6 +36,7 @@ into place.
 
 import hashlib
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -55,8 +58,8 @@ def _usable_dir(d: Path) -> bool:
 
 
 def numba_cache_dir() -> str:
-    """The cache directory for this exact kernel source ("" if none is writable)."""
-    name = f"numba-{source_hash(Path(__file__).resolve().parent)}"
+    """This host's cache directory for this exact kernel source ("" if none is writable)."""
+    name = Path(f"numba-{source_hash(Path(__file__).resolve().parent)}") / (socket.gethostname() or "host")
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     try:
         user_cache = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
