@@ -27,6 +27,7 @@ from hpcsgd.engine.master import Engine
 from hpcsgd.methods import make_method, needs_L, trace_extras
 from hpcsgd.models import make_model
 from hpcsgd.ordering import ORDERINGS, EpochCursor, make_ordering
+from hpcsgd.placement import describe
 from hpcsgd.stop import StopRequest
 from hpcsgd import streams
 from hpcsgd.streams import make_stream, set_stream_state
@@ -246,6 +247,8 @@ def _run_engine(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, 
         what = "resuming" if resume_tree is not None else "training"
         print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
               f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
+        if len(set(hosts)) > 1:
+            print(f"[hpcsgd] {len(set(hosts))} hosts: {describe(hosts)}", flush=True)
         visited = sum(sizes)
         if visited < rows["train_rows"]:
             print(f"[hpcsgd] order.kind = {cfg['order']['kind']!r} needs equal shards: training visits "

@@ -4,6 +4,7 @@ paths are created on rank 0 and broadcast, so all ranks agree on them."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -31,13 +32,26 @@ def pytest_configure(config):
         sys.stderr = log
 
 
+_SHARED_DIRS: list[str] = []  # rank 0's shared_dir()s, removed when the session ends
+
+
 def shared_dir() -> Path:
-    """A fresh directory known to every rank (rank 0 creates it)."""
+    """A fresh directory known to every rank (rank 0 creates it, and removes it at the
+    end of the session)."""
     from mpi4py import MPI
     from hpcsgd.comm import bcast_text
     comm = MPI.COMM_WORLD
-    path = tempfile.mkdtemp(prefix="hpcsgd-test-") if comm.Get_rank() == 0 else None
+    path = None
+    if comm.Get_rank() == 0:
+        path = tempfile.mkdtemp(prefix="hpcsgd-test-")
+        _SHARED_DIRS.append(path)
     return Path(bcast_text(comm, path))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # every test ends with a collective on its results: no rank reads these any more
+    for path in _SHARED_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ with DATA_DIR holding digits.h5 and breast_cancer.h5 (``hpcsgd prepare``)."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -107,6 +108,9 @@ def main() -> None:
         if comm.Get_rank() == 0:
             np.savez_compressed(golden_file(M, name), **result)
             print(f"wrote {golden_file(M, name).name}: {result['trace/update'].size} updates", flush=True)
+    comm.Barrier()
+    if comm.Get_rank() == 0:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@
 #   run.worker_timeout) requeues too, at most HPCSGD_MAX_REQUEUES times (default 3).
 # - Threads per rank come from --cpus-per-task; HDF5 file locking is off (network file
 #   systems); the launcher is the venv's mpiexec (HPCSGD_LAUNCH=srun for srun --mpi=pmi2).
+# - Several nodes (--nodes > 1): rank 0, the master, runs alone on the first node and the
+#   workers are spread evenly over the others (hpcsgd.placement; HPCSGD_PER_NODE sets
+#   workers per node; HPCSGD_PLACEMENT=slurm keeps Slurm's own task layout).  Numba
+#   compiles into a cache per host name, so nodes sharing a home directory do not share
+#   one.
 set -u
 CONFIG=${1:?usage: hpcsgd-job.sh CONFIG.toml [RUN_DIR]}
 RUN=${2:-runs/$(basename "$CONFIG" .toml)}
@@ -38,10 +43,26 @@ else
   log "training $CONFIG into $RUN"
   args=(train "$CONFIG" --set "run.out='$RUN'")
 fi
+launch=(-n "$NTASKS")
+if [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ] && [ "${HPCSGD_PLACEMENT:-master-alone}" != slurm ]; then
+  # shellcheck disable=SC2046 # one word per node
+  place=("$BIN/python" -m hpcsgd.placement --ranks "$NTASKS" ${HPCSGD_PER_NODE:+--per-host "$HPCSGD_PER_NODE"}
+         $(scontrol show hostnames "$SLURM_JOB_NODELIST"))
+  hosts=$("${place[@]}") || exit 2
+  log "placement: $hosts (the master alone on the first node)"
+  if [ "${HPCSGD_LAUNCH:-mpiexec}" = srun ]; then
+    SLURM_HOSTFILE=$(mktemp "${TMPDIR:-/tmp}/hpcsgd-hosts.XXXXXX") || exit 2
+    "${place[@]}" --hostfile > "$SLURM_HOSTFILE" || exit 2
+    export SLURM_HOSTFILE
+    launch+=(--distribution=arbitrary)
+  else
+    launch+=(-hosts "$hosts")
+  fi
+fi
 if [ "${HPCSGD_LAUNCH:-mpiexec}" = srun ]; then
-  srun --mpi=pmi2 "$BIN/python" -m hpcsgd "${args[@]}" &
+  srun --mpi=pmi2 "${launch[@]}" "$BIN/python" -m hpcsgd "${args[@]}" &
 else
-  "$BIN/mpiexec" -n "$NTASKS" "$BIN/python" -m hpcsgd "${args[@]}" &
+  "$BIN/mpiexec" "${launch[@]}" "$BIN/python" -m hpcsgd "${args[@]}" &
 fi
 pid=$!
 # `wait` returns early when a trapped signal arrives: wait again until the job is gone
@@ -51,6 +72,7 @@ while :; do
   kill -0 "$pid" 2> /dev/null || break
 done
 log "hpcsgd exited with status $status"
+[ -n "${SLURM_HOSTFILE:-}" ] && rm -f "$SLURM_HOSTFILE"
 if [ "$requested" = 1 ] && [ "$status" = 0 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
   log "requeueing job $SLURM_JOB_ID"
   scontrol requeue "$SLURM_JOB_ID"
