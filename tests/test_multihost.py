@@ -14,7 +14,8 @@ stage starts them with ``scripts/cluster run``.)
 
 from __future__ import annotations
 
-import json
+import importlib.machinery
+import importlib.util
 import os
 import signal
 import subprocess
@@ -28,21 +29,14 @@ import pytest
 from hpcsgd.checkpoint import list_checkpoints, load_checkpoint
 from launch import ROOT, Lines, digits_job, finish, job_env, start
 
-STATE = Path(os.environ.get("HPCSGD_CLUSTER_DIR", "/run/hpcsgd-cluster")) / "state.json"
-
-
-def cluster_hosts() -> list[str]:
-    try:
-        state = json.loads(STATE.read_text())
-    except (OSError, ValueError):
-        return []
-    return state["hosts"] if state.get("complete") else []
-
-
-HOSTS = cluster_hosts()
+CLUSTER = [sys.executable, str(ROOT / "scripts" / "cluster")]
+_spec = importlib.util.spec_from_loader("cluster", importlib.machinery.SourceFileLoader("cluster", CLUSTER[1]))
+cluster_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cluster_script)  # its state file says which hosts are up
+_state = cluster_script.load_state() or {}
+HOSTS = _state["hosts"] if _state.get("complete") else []
 pytestmark = [pytest.mark.multihost,
               pytest.mark.skipif(len(HOSTS) < 3, reason="needs scripts/cluster up 3 (root)")]
-CLUSTER = [sys.executable, str(ROOT / "scripts" / "cluster")]
 
 
 def on_cluster(args: list[str], *command: str, **popen) -> subprocess.Popen:
