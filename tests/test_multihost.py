@@ -7,7 +7,8 @@ scripts/test brings it up as root and takes it down).  Every message crosses a v
 - every host compiles into its own cold Numba cache at once;
 - a worker host whose link goes down: a sync job ends at the watchdog naming the host,
   the last checkpoint intact, and resumes on the remaining hosts; fastest-k keeps
-  updating while the link is down; a host whose processes are all killed ends the job.
+  updating while the link is down; a host whose processes are all killed ends the job
+  within seconds, and the run resumes from its last checkpoint on the other hosts.
 (The MPI tests of the engine and the golden trajectories also run on the cluster: the
 stage starts them with ``scripts/cluster run``.)
 """
@@ -180,8 +181,11 @@ def test_fastest_k_keeps_updating_while_a_host_is_cut_off(tmp_path):
 
 def test_killing_every_process_on_a_host_ends_the_job(tmp_path):
     cfg = wall_job(tmp_path)
-    lines = Lines(hpcsgd_job(cfg, tmp_path / "run", "run.max_seconds=120"))
+    out = tmp_path / "run"
+    lines = Lines(hpcsgd_job(cfg, out, "run.max_seconds=120"))
     lines.wait_for("[hpcsgd] update", timeout=90)
+    while not (out.is_dir() and list_checkpoints(out)):
+        time.sleep(0.1)
     pids = subprocess.run(["ip", "netns", "pids", HOSTS[2]], capture_output=True, text=True).stdout.split()
     assert pids
     killed = time.monotonic()
@@ -194,3 +198,8 @@ def test_killing_every_process_on_a_host_ends_the_job(tmp_path):
     took = time.monotonic() - killed
     print(f"\nhost killed: exit {rc} {took:.1f} s later")
     assert rc != 0 and took < 15, f"exit {rc} after {took:.1f} s:\n{text}"
+    # the checkpoint written before the kill is intact and the run goes on without that host
+    file, _ = load_checkpoint(out)
+    rc, text = finish(hpcsgd_job(cfg, out, "run.max_seconds=8", command="resume",
+                                 cluster=["--hosts", f"{HOSTS[0]}:1,{HOSTS[1]}:2"]))
+    assert rc == 0 and f"resuming from {file}" in text, text
