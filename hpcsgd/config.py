@@ -44,6 +44,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "run": {
         "out": Key("", str, "run directory; empty means runs/<config file stem>"),
         "seed": Key(0, int, "master seed; every rank's random streams derive from it", minimum=0),
+        "workers": Key(0, int, "workers M (0 = one per worker rank, mpiexec -n M+1); more workers than worker "
+                       "ranks are virtual workers, several on a rank, each with its own shard, order, streams and "
+                       "queue, the run bit-identical to one rank per worker (needs clock = simulated)", minimum=0),
         "clock": Key("wall", str, "wall (real time, real sleeps) or simulated (reproducible event order; "
                      "time advances only by the injected delays)", choices=("wall", "simulated"),
                      does={"simulated": "takes iteration times from the delay model",
@@ -441,6 +444,21 @@ def check_world(cfg: dict, n_workers: int) -> None:
     if n_workers < 1:
         raise UserError("hpcsgd needs at least 2 MPI ranks (rank 0 is the master, ranks 1..M are "
                         "workers); launch with: mpiexec -n M+1 hpcsgd train CONFIG.toml")
+
+
+def resolve_workers(cfg: dict, ranks: int) -> int:
+    """The number of workers M from ``run.workers`` and the job's ``ranks`` worker
+    ranks; the config then names M (so that a resume on other ranks keeps it)."""
+    check_world(cfg, ranks)
+    M = cfg["run"]["workers"] or ranks
+    if M < ranks:
+        raise UserError(f"config: run.workers = {M} but the job has {ranks} worker ranks; launch with "
+                        f"mpiexec -n {M + 1}, or set run.workers >= {ranks}")
+    if M > ranks and cfg["run"]["clock"] != "simulated":
+        raise UserError(f"config: run.workers = {M} on {ranks} worker ranks needs run.clock = 'simulated' "
+                        f"(in the wall clock every worker has a rank of its own: mpiexec -n {M + 1})")
+    cfg["run"]["workers"] = M
+    return M
 
 
 def check_layout(cfg: dict, n_workers: int, shard_sizes: list[int], dim: int) -> None:

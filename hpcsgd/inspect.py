@@ -122,6 +122,7 @@ def summarize(path, last: int = 10) -> dict:
         "clock": tree.get("clock", (config.get("run") or {}).get("clock") if isinstance(config, dict) else None),
         "world_size": world,
         "workers": max(world - 1, 0),
+        "ranks": int(tree.get("ranks", world)),  # MPI ranks of the job that wrote it (virtual workers: fewer)
         "update": tree.get("update"),
         "epoch": tree.get("epoch"),
         "created": tree.get("created"),
@@ -303,8 +304,9 @@ def format_summary(s: dict) -> str:
     rows: list[tuple[str, str]] = []
     add = lambda k, v: rows.append((k, v))  # noqa: E731
     add("checkpoint", s["file"])
+    hosted = f", on {s['ranks'] - 1} worker ranks" if s["ranks"] != s["world_size"] else ""
     add("method", f"{s['method']}  (clock {s['clock'] or '-'}, world size {s['world_size']} = "
-                  f"master + {s['workers']} workers)")
+                  f"master + {s['workers']} workers{hosted})")
     add("progress", f"update {_fmt(s['update'])}, epoch {_fmt(s['epoch'])}, "
                     f"{s['n_params']} parameters, created {s['created'] or '-'}")
     add("config", _config_line(s["config"]))

@@ -1,5 +1,5 @@
-"""Where the ranks go on several hosts: the master (rank 0) alone on the first host, the
-workers in blocks over the others.
+"""Where the ranks go on several hosts (the master, rank 0, alone on the first host, the
+workers in blocks over the others), and which worker rank hosts which worker.
 
 Every worker's messages cross the master's link, and the master's loop is the part
 that must never wait for a CPU: a worker beside it steals both.  So the first host runs
@@ -23,6 +23,42 @@ class PlacementError(ValueError):
     pass
 
 
+def even_counts(n: int, parts: int) -> list[int]:
+    """``n`` things over ``parts`` places as evenly as they go, the first places one more."""
+    base, extra = divmod(n, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+class WorkerMap:
+    """Which worker rank hosts which worker: M workers on R worker ranks (R <= M), rank
+    r (1..R) a contiguous block of them, as even as they go.  With R = M every worker is
+    its own rank (worker j on rank j); with fewer ranks, a rank hosts several *virtual
+    workers*, each with its own shard, order, streams and queue (simulated clock)."""
+
+    def __init__(self, workers: int, ranks: int):
+        if not 1 <= ranks <= workers:
+            raise PlacementError(f"{workers} workers cannot be hosted on {ranks} worker ranks")
+        self.M, self.R = workers, ranks
+        self.first = [0, 1]  # first worker of rank r at [r]
+        for count in even_counts(workers, ranks):
+            self.first.append(self.first[-1] + count)
+        self._rank = [0] + [r for r in range(1, ranks + 1) for _ in self.hosted(r)]
+
+    def hosted(self, rank: int) -> range:
+        """The workers rank ``rank`` hosts."""
+        return range(self.first[rank], self.first[rank + 1])
+
+    def rank(self, worker: int) -> int:
+        return self._rank[worker]
+
+    def slot(self, worker: int) -> int:
+        """The worker's place among its rank's workers (0, 1, ...)."""
+        return worker - self.first[self._rank[worker]]
+
+    def most_hosted(self) -> int:
+        return max(len(self.hosted(r)) for r in range(1, self.R + 1))
+
+
 def master_alone(hosts: list[str], ranks: int, per_host: int | None = None) -> list[tuple[str, int]]:
     """[(host, ranks on it)] in rank order; hosts left without a rank are left out."""
     if ranks < 1:
@@ -35,8 +71,7 @@ def master_alone(hosts: list[str], ranks: int, per_host: int | None = None) -> l
     if per_host is not None and per_host < 1:
         raise PlacementError(f"workers per host must be >= 1, got {per_host}")
     if per_host is None:
-        base, extra = divmod(workers, len(others))
-        counts = [base + (i < extra) for i in range(len(others))]
+        counts = even_counts(workers, len(others))
     else:
         if workers > per_host * len(others):
             raise PlacementError(f"{workers} workers do not fit on {len(others)} hosts x {per_host} per host")

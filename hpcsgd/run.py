@@ -17,7 +17,9 @@ from mpi4py import MPI
 
 from hpcsgd import checkpoint
 from hpcsgd import comm as C
-from hpcsgd.config import check_layout, check_world, from_json, load_config_checked, resume_config_checked, to_json
+from hpcsgd import transport as T
+from hpcsgd.config import (check_layout, from_json, load_config_checked, resolve_workers, resume_config_checked,
+                           to_json)
 from hpcsgd.data import dataset_fingerprint, open_dataset, partition, read_labels, read_rows, split_even
 from hpcsgd.errors import UserError
 from hpcsgd.kernels import optim
@@ -27,12 +29,12 @@ from hpcsgd.engine.master import Engine
 from hpcsgd.methods import make_method, needs_L, trace_extras
 from hpcsgd.models import make_model
 from hpcsgd.ordering import ORDERINGS, EpochCursor, make_ordering
-from hpcsgd.placement import describe
+from hpcsgd.placement import WorkerMap, describe
 from hpcsgd.stop import StopRequest
 from hpcsgd import streams
 from hpcsgd.streams import make_stream, set_stream_state
 from hpcsgd.stragglers import DelayModel
-from hpcsgd.worker import Worker
+from hpcsgd.worker import Worker, WorkerRank
 
 
 def _collective(comm: MPI.Comm, fn, *args):
@@ -87,10 +89,10 @@ def _default_eval_every(cfg: dict, sizes: list[int], n_workers: int) -> int:
     return max(1, total // 20)
 
 
-def _setup(comm: MPI.Comm, cfg: dict):
-    """Data, partition and model on every rank; workers read only their own rows."""
-    rank, M = comm.Get_rank(), comm.Get_size() - 1
-    check_world(cfg, M)
+def _setup(comm: MPI.Comm, cfg: dict, workers: WorkerMap):
+    """Data, partition and model on every rank; a worker rank reads only its workers'
+    rows (``local``: each hosted worker's train and test rows)."""
+    rank, M = comm.Get_rank(), workers.M
     info = open_dataset(cfg["data"]["source"], Path(cfg["data"]["dir"]))
     if cfg["model"]["kind"] == "logistic" and info.task != "binary":
         raise UserError(f"config: model.kind = 'logistic' needs a binary data set; "
@@ -115,31 +117,38 @@ def _setup(comm: MPI.Comm, cfg: dict):
     check_layout(cfg, M, sizes, model.dim)
     local = None
     if rank > 0:
-        X, y = read_rows(info, "train", parts[rank - 1])
-        test = split_even(info.n_test, M)[rank - 1]
-        X_test, y_test = read_rows(info, "test", test)
-        local = (X, y, X_test, y_test)
+        tests = split_even(info.n_test, M)
+        local = {j: (*read_rows(info, "train", parts[j - 1]), *read_rows(info, "test", tests[j - 1]))
+                 for j in workers.hosted(rank)}
     data = {"train_rows": info.n_train, "test_rows": info.n_test, "path": str(info.path),
             "fingerprint": dataset_fingerprint(info) if rank == 0 else ""}
     return model, sizes, local, data
 
 
-def _estimate_L(comm: MPI.Comm, model, X: np.ndarray | None) -> float:
+def _estimate_L(comm: MPI.Comm, model, workers: WorkerMap, local: dict | None) -> float:
     """Collective: the objective's smoothness from the largest eigenvalue of A^T A / n,
-    A = [X, 1] over every worker's rows, by power iteration (rank 0 holds no rows)."""
+    A = [X, 1] over every worker's rows, by power iteration (rank 0 holds no rows).
+    Rank 0 sums the workers' products in worker order, so L is the same bits whichever
+    ranks host the workers."""
     if model.curvature is None:
         raise UserError(f"method.L: cannot estimate the smoothness of model.kind = {model.kind!r}; "
                         f"give method.L or method.gamma_prime")
     p = model.n_features
-    n = comm.allreduce(0 if X is None else X.shape[0])
+    shards = [] if local is None else [local[j][0] for j in sorted(local)]
+    n = comm.allreduce(sum(X.shape[0] for X in shards))
+    root = comm.Get_rank() == 0
+    counts = [0] + [len(workers.hosted(r)) * (p + 1) for r in range(1, workers.R + 1)]
+    every = np.empty((workers.M, p + 1)) if root else None
     v = np.full(p + 1, 1.0 / math.sqrt(p + 1))
     lam = 0.0
     for _ in range(500):
-        u = np.zeros(p + 1)
-        if X is not None:
+        mine = np.empty((len(shards), p + 1))
+        for i, X in enumerate(shards):
             z = X @ v[:p] + v[p]
-            u[:p], u[p] = X.T @ z, z.sum()
-        comm.Allreduce(MPI.IN_PLACE, u)
+            mine[i, :p], mine[i, p] = X.T @ z, z.sum()
+        comm.Gatherv(mine, (every, counts) if root else None, root=0)
+        u = every.sum(axis=0) if root else np.empty(p + 1)
+        comm.Bcast(u, root=0)
         u /= n
         new = float(np.linalg.norm(u))
         v = u / new
@@ -149,10 +158,17 @@ def _estimate_L(comm: MPI.Comm, model, X: np.ndarray | None) -> float:
     return model.smoothness(new)
 
 
-def _check_resumable(tree: dict | None, world_size: int, path: Path | None) -> None:
-    if tree is not None and int(tree["world_size"]) != world_size:
-        raise UserError(f"checkpoint {path} was written by {tree['world_size']} ranks, this job has "
-                        f"{world_size}; resume with mpiexec -n {tree['world_size']}")
+def _check_resumable(tree: dict | None, cfg: dict, world_size: int, path: Path | None) -> None:
+    """A run keeps its M workers; in the simulated clock they may be hosted on fewer
+    ranks than before, or more (at most M), in the wall clock one rank each."""
+    if tree is None:
+        return
+    M = int(tree["world_size"]) - 1
+    if world_size - 1 > M or (world_size - 1 < M and cfg["run"]["clock"] != "simulated"):
+        can = f"mpiexec -n {M + 1}" if cfg["run"]["clock"] != "simulated" else \
+            f"mpiexec -n {M + 1} (or fewer ranks, down to 2: its workers become virtual workers)"
+        raise UserError(f"checkpoint {path} is a run of {M} workers, this job has {world_size - 1} worker ranks; "
+                        f"resume with {can}")
 
 
 def _check_same_data(tree: dict, path: Path, data: dict, dim: int, allow_change: bool) -> None:
@@ -185,20 +201,23 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
             resume_path: Path | None = None, quiet: bool = False, allow_data_change: bool = False) -> int:
     """Run a job on every rank of ``comm``; ``cfg`` is only needed on rank 0."""
     rank = comm.Get_rank()
+    if rank == 0 and resume_tree is not None and not cfg["run"]["workers"]:
+        cfg["run"]["workers"] = int(resume_tree["world_size"]) - 1  # a checkpoint from before run.workers
     cfg = from_json(C.bcast_text(comm, to_json(cfg) if rank == 0 else None))
     _collective(comm, _check_slurm, comm)
-    _on_root(comm, _check_resumable, resume_tree, comm.Get_size(), resume_path)
+    _on_root(comm, _check_resumable, resume_tree, cfg, comm.Get_size(), resume_path)
+    workers = _collective(comm, _worker_map, cfg, comm.Get_size() - 1)
     _threads(cfg)
     C.fine_timer_slack()
-    model, sizes, local, rows = _collective(comm, _setup, comm, cfg)
+    model, sizes, local, rows = _collective(comm, _setup, comm, cfg, workers)
     _on_root(comm, _check_same_data, resume_tree, resume_path, rows, model.dim, allow_data_change)
-    hosts = comm.gather(MPI.Get_processor_name(), root=0)  # names the silent ones, if any
-    M = comm.Get_size() - 1
+    rank_hosts = comm.gather(MPI.Get_processor_name(), root=0)  # names the silent ones, if any
+    M = workers.M
     if cfg["run"]["eval_every"] == 0 and not cfg["run"]["eval_seconds"]:
         cfg["run"]["eval_every"] = _default_eval_every(cfg, sizes, M)
     m = cfg["method"]
     if needs_L(cfg):
-        m["L"] = _collective(comm, _estimate_L, comm, model, None if local is None else local[0])
+        m["L"] = _collective(comm, _estimate_L, comm, model, workers, local)
         if rank == 0 and not quiet:
             print(f"[hpcsgd] method.L = {m['L']:.6g} by power iteration; gamma' = h / L = "
                   f"{m['h'] / m['L']:.6g}", flush=True)
@@ -210,32 +229,55 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         lock = RunLock(run_dir)
         _on_root(comm, _open_run_dir, lock, resume_tree is None)
         try:
-            return _run_engine(comm, cfg, model, sizes, rows, hosts, run_dir, resume_tree, resume_path, quiet)
+            return _run_engine(comm, cfg, model, sizes, rows, workers, rank_hosts, run_dir, resume_tree,
+                               resume_path, quiet)
         finally:
             lock.release()
 
     _on_root(comm, lambda: None)  # rank 0 prepares the run directory
-    X, y, X_test, y_test = local
-    ordering = make_ordering(cfg["order"]["kind"], [sizes[rank - 1]], cfg["run"]["seed"], workers=[rank])
+    kind, batch = cfg["order"]["kind"], cfg["order"]["batch"]
+    hosted = workers.hosted(rank)
+    link = T.WorkerTransport(comm, model.dim, batch, ORDERINGS[kind].pair_differences(batch), len(hosted))
+    grads = np.empty((batch, model.dim)) if ORDERINGS[kind].per_example else None
+    with StopRequest() as stop:
+        return WorkerRank(link, [_worker(cfg, j, slot, link, model, local[j], sizes[j - 1], stop, grads)
+                                 for slot, j in enumerate(hosted)]).run()
+
+
+def _worker_map(cfg: dict, ranks: int) -> WorkerMap:
+    workers = WorkerMap(resolve_workers(cfg, ranks), ranks)
+    most = workers.most_hosted()
+    if T.slot_tag(T.TAG_STRIDE - 1, most - 1) > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):
+        raise UserError(f"config: run.workers = {workers.M} puts {most} workers on a rank, more than this MPI's "
+                        f"message tags can name; use more ranks")
+    return workers
+
+
+def _worker(cfg: dict, j: int, slot: int, link: T.WorkerTransport, model, rows: tuple, size: int,
+            stop: StopRequest, grads: np.ndarray | None) -> Worker:
+    """Worker ``j`` with its own order (over its first ``size`` rows) and delay stream,
+    whichever rank hosts it."""
+    ordering = make_ordering(cfg["order"]["kind"], [size], cfg["run"]["seed"], workers=[j])
     cursor = EpochCursor(ordering)
     if cfg["order"]["record_history"]:
         cursor.history = []
-    delay = DelayModel(cfg["stragglers"], rank, make_stream(cfg["run"]["seed"], rank, streams.DELAY))
-    with StopRequest() as stop:
-        return Worker(comm, cfg, model, X, y, X_test, y_test, cursor, delay, stop).run()
+    delay = DelayModel(cfg["stragglers"], j, make_stream(cfg["run"]["seed"], j, streams.DELAY))
+    return Worker(j, slot, link, cfg, model, *rows, cursor, delay, stop, grads)
 
 
-def _run_engine(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, hosts: list[str],
-                run_dir: Path, resume_tree: dict | None, resume_path: Path | None, quiet: bool) -> int:
+def _run_engine(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, workers: WorkerMap,
+                rank_hosts: list[str], run_dir: Path, resume_tree: dict | None, resume_path: Path | None,
+                quiet: bool) -> int:
     """Rank 0 once the run directory is locked: build the engine, load or initialise
     the model, and run."""
-    M = comm.Get_size() - 1
+    M = workers.M
+    hosts = [rank_hosts[0]] + [rank_hosts[workers.rank(j)] for j in range(1, M + 1)]
     method = make_method(cfg, sizes, model.dim, cfg["method"]["L"])
     # The engine posts its receives when built: only after the last set-up check.
     # A STOP file already there counts: the batch shell may write it while the job
     # starts up (hpcsgd-job.sh); the stop that honours it removes it.
     stop = StopRequest(run_dir)
-    engine = Engine(comm, cfg, model, sizes, method, run_dir, stop, hosts=hosts,
+    engine = Engine(comm, cfg, model, sizes, method, run_dir, stop, workers, hosts=hosts,
                     trace_extras=trace_extras(cfg["method"]["kind"]), test_rows=rows["test_rows"],
                     data_fingerprint=rows["fingerprint"], quiet=quiet)
     if resume_tree is None:
@@ -247,6 +289,9 @@ def _run_engine(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, 
         what = "resuming" if resume_tree is not None else "training"
         print(f"[hpcsgd] {what} {method.name} on {cfg['data']['source']}: {M} workers, "
               f"d = {model.dim}, clock {cfg['run']['clock']}, run dir {run_dir}", flush=True)
+        if workers.R < M:
+            print(f"[hpcsgd] virtual workers: {M} workers on {workers.R} worker ranks "
+                  f"(up to {workers.most_hosted()} a rank)", flush=True)
         if len(set(hosts)) > 1:
             print(f"[hpcsgd] {len(set(hosts))} hosts: {describe(hosts)}", flush=True)
         visited = sum(sizes)
@@ -334,6 +379,8 @@ def check_loadable(tree: dict) -> None:
     try:
         cfg = from_json(tree["config"])
         M = int(tree["world_size"]) - 1
+        if cfg["run"].get("workers") and cfg["run"]["workers"] != M:
+            raise ValueError(f"its config has run.workers = {cfg['run']['workers']}, its layout {M} workers")
         sizes = layout.shard_sizes(tree)
         if len(sizes) != M or min(sizes) < 1:
             raise ValueError(f"shard sizes {sizes} do not fit {M} workers")

@@ -4,18 +4,26 @@ module indexes a header.
 
 Every per-update message is one float64 buffer ``[header | payload]`` sent with the
 upper-case (buffer) mpi4py API; integers in headers (versions, counts) are exact in
-float64 below 2**53.  Master -> worker messages all leave rank 0 and the worker takes
-them with ``ANY_TAG``, so it sees them in the order they were sent.  The rarer state
-exchanges of a checkpoint move trees of arrays (``comm.send_tree``).  Nothing pickles.
+float64 below 2**53.  Master -> worker messages all leave rank 0 and the worker rank
+takes them with ``ANY_TAG``, so it sees them in the order they were sent.  The rarer
+state exchanges of a checkpoint move trees of arrays (``comm.send_tree``).  Nothing
+pickles.
 
-    job          [version, batch, flags | parameters]          TAG_JOB
-    evaluation   [version, 0, 0 | parameters]                  TAG_EVAL
-    signs        [eps_0 .. eps_{Q-1}]  (CD-GraB, +1/-1)        TAG_SIGNS
-    state get    [version, 0, 0]; the worker answers a tree    TAG_STATE_GET
-    state set    [version, 0, 0], then a tree                  TAG_STATE_SET
-    release      [version, 0, exit status]                     TAG_RELEASE
+A worker rank may host several workers (``placement.WorkerMap``): a message for one of
+them carries its slot on the rank in the tag (``kind + TAG_STRIDE * slot``), so that a
+job message stays one buffer shared by every worker at the same version; a result
+names its worker in its header.  Evaluations and the release go to a rank once, and an
+evaluation reply holds one row per hosted worker.
+
+    job          [version, batch, flags | parameters]          TAG_JOB (+ slot)
+    evaluation   [version, 0, 0 | parameters]                  TAG_EVAL (per rank)
+    signs        [eps_0 .. eps_{Q-1}]  (CD-GraB, +1/-1)        TAG_SIGNS (+ slot)
+    state get    [version, 0, 0]; the worker answers a tree    TAG_STATE_GET (+ slot)
+    state set    [version, 0, 0], then a tree                  TAG_STATE_SET (+ slot)
+    release      [version, 0, exit status]                     TAG_RELEASE (per rank)
     result       [RESULT header | gradient | pair differences] TAG_RESULT
-    eval reply   [EVAL header | gradient sum]                  TAG_EVAL_RESULT
+    eval reply   [EVAL header | gradient sum] per hosted worker TAG_EVAL_RESULT
+    state tree   (comm.send_tree)                              TAG_TREE (+ slot)
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from mpi4py import MPI
 
 from hpcsgd import comm as C
 from hpcsgd.engine.interface import Result
+from hpcsgd.placement import WorkerMap
 
 # master -> worker
 TAG_JOB = 1
@@ -40,6 +49,16 @@ TAG_SIGNS = 6
 TAG_RESULT = 11
 TAG_EVAL_RESULT = 12
 TAG_TREE = 13
+TAG_STRIDE = 16  # tag = kind + TAG_STRIDE * (the worker's slot on its rank)
+
+
+def slot_tag(kind: int, slot: int) -> int:
+    return kind + TAG_STRIDE * slot
+
+
+def tag_kind(tag: int) -> tuple[int, int]:
+    """(kind, slot) of a tag."""
+    return tag % TAG_STRIDE, tag // TAG_STRIDE
 
 # Job header.  A job is identified by its place in the worker's queue, so one buffer
 # serves every worker at the same version.
@@ -50,10 +69,11 @@ FLAG_PREEMPTIBLE = 1  # any newer message from the master makes this job obsolet
 # Result header.  R_DURATION is the injected delay drawn for the job (in full, even when
 # it was abandoned) and R_DELAY_COMM its communication part; R_SAMPLES is 0 for a job
 # dropped before it was computed; R_PAIRS counts the pair differences after the
-# gradient; R_STOP is 1 once the worker was asked to stop (a signal on its rank).
+# gradient; R_STOP is 1 once the worker was asked to stop (a signal on its rank);
+# R_WORKER is the worker that computed it (its rank may host several).
 (R_VERSION, R_BATCH, R_SAMPLES, R_DURATION, R_COMPUTE_S, R_LOSS_SUM, R_ABANDONED, R_EPOCH,
- R_PAIRS, R_DELAY_COMM, R_STOP) = range(11)
-RESULT_HEADER = 11
+ R_PAIRS, R_DELAY_COMM, R_STOP, R_WORKER) = range(12)
+RESULT_HEADER = 12
 
 # Evaluation reply: sums over the worker's rows, then the gradient sum over its train
 # rows.  E_SECONDS is how long the worker computed: the training clock is set back by
@@ -83,11 +103,12 @@ def unpack_job(buf: np.ndarray) -> tuple[int, int, bool]:
     return int(h[J_VERSION]), int(h[J_BATCH]), bool(int(h[J_FLAGS]) & FLAG_PREEMPTIBLE)
 
 
-def pack_result(out: np.ndarray, version: int, batch: int, samples: int, delay_comm: float,
+def pack_result(out: np.ndarray, worker: int, version: int, batch: int, samples: int, delay_comm: float,
                 delay_compute: float, compute: float, loss_sum: float, abandoned: bool, pairs: int,
                 epoch: int, stop: bool) -> None:
     """Write a result header into ``out`` (the gradient and pairs follow it there)."""
     h = [0.0] * RESULT_HEADER  # filled as a list, copied in once (NumPy scalar writes are slow)
+    h[R_WORKER] = worker
     h[R_VERSION], h[R_BATCH], h[R_SAMPLES] = version, batch, samples
     h[R_DURATION], h[R_DELAY_COMM] = delay_comm + delay_compute, delay_comm
     h[R_COMPUTE_S], h[R_LOSS_SUM] = compute, loss_sum
@@ -97,10 +118,10 @@ def pack_result(out: np.ndarray, version: int, batch: int, samples: int, delay_c
     out[:RESULT_HEADER] = h
 
 
-def unpack_result(worker: int, buf: np.ndarray, d: int) -> Result:
+def unpack_result(buf: np.ndarray, d: int) -> Result:
     """A result message as the methods see it (gradient and pairs are views into ``buf``)."""
     h = buf[:RESULT_HEADER].tolist()  # one conversion, not one NumPy scalar per field
-    return Result(worker=worker, version=int(h[R_VERSION]), batch=int(h[R_BATCH]),
+    return Result(worker=int(h[R_WORKER]), version=int(h[R_VERSION]), batch=int(h[R_BATCH]),
                   samples=int(h[R_SAMPLES]), duration=float(h[R_DURATION]),
                   delay_comm=float(h[R_DELAY_COMM]), compute_seconds=float(h[R_COMPUTE_S]),
                   loss_sum=float(h[R_LOSS_SUM]), abandoned=bool(h[R_ABANDONED]),
@@ -123,15 +144,17 @@ class EvalSums:
 
 
 class MasterTransport:
-    """Rank 0's side.  One result receive is posted per worker at all times; every send
-    is non-blocking and its buffer lives until it completes; a job message is copied
-    once per version and shared by every job of that version (``held`` names the job
-    buffers the scheduler still holds unsent, so that none is reused early)."""
+    """Rank 0's side.  One result receive is posted per worker rank at all times; every
+    send is non-blocking and its buffer lives until it completes; a job message is
+    copied once per version and shared by every job of that version (``held`` names the
+    job buffers the scheduler still holds unsent, so that none is reused early)."""
 
-    def __init__(self, comm: MPI.Comm, d: int, pair_differences: int,
+    def __init__(self, comm: MPI.Comm, d: int, pair_differences: int, workers: WorkerMap,
                  held: Callable[[], Sequence[np.ndarray]] = tuple):
         self.comm = comm
-        self.M = comm.Get_size() - 1
+        self.map = workers
+        self.M, self.R = workers.M, workers.R
+        self.ranks = range(1, self.R + 1)
         self.d = d
         self.held = held
         self.recv_size = result_length(d, pair_differences)
@@ -144,15 +167,19 @@ class MasterTransport:
         self.spare_bufs: list[np.ndarray] = []
         self.free_bufs: list[np.ndarray] = []     # result buffers
         self.recv_bufs: dict[int, np.ndarray] = {}
-        self.recvs = [self._post_recv(j) for j in range(1, self.M + 1)]
+        self.recvs = [self._post_recv(r) for r in self.ranks]
         self.eval_bufs: np.ndarray | None = None
 
     # ---------------------------------------------------------------- sending
-    def _send(self, buf: np.ndarray, worker: int, tag: int) -> None:
-        self.send_reqs.append(self.comm.Isend(buf, dest=worker, tag=tag))
+    def _send(self, buf: np.ndarray, rank: int, tag: int) -> None:
+        self.send_reqs.append(self.comm.Isend(buf, dest=rank, tag=tag))
         self.send_bufs.append(buf)
         if len(self.send_reqs) > 8 * self.M:  # a rank that does not receive: keep the list short
             self.reap()
+
+    def _send_to(self, buf: np.ndarray, worker: int, kind: int) -> None:
+        m = self.map
+        self._send(buf, m.rank(worker), slot_tag(kind, m.slot(worker)))
 
     def reap(self) -> None:
         """Forget completed sends; recycle old job buffers that nothing uses any more."""
@@ -199,32 +226,35 @@ class MasterTransport:
         return buf
 
     def send_job(self, worker: int, buf: np.ndarray) -> None:
-        self._send(buf, worker, TAG_JOB)
+        self._send_to(buf, worker, TAG_JOB)
 
     def send_signs(self, worker: int, eps: np.ndarray) -> None:
-        self._send(eps.astype(np.float64), worker, TAG_SIGNS)
+        self._send_to(eps.astype(np.float64), worker, TAG_SIGNS)
 
     def send_state(self, worker: int, version: int, tree: dict) -> None:
-        self._send(_header(version), worker, TAG_STATE_SET)
-        C.send_tree(self.comm, worker, tree, tag=TAG_TREE)
+        self._send_to(_header(version), worker, TAG_STATE_SET)
+        m = self.map
+        C.send_tree(self.comm, m.rank(worker), tree, tag=slot_tag(TAG_TREE, m.slot(worker)))
 
     def request_states(self, version: int) -> None:
         for j in range(1, self.M + 1):
-            self._send(_header(version), j, TAG_STATE_GET)
+            self._send_to(_header(version), j, TAG_STATE_GET)
 
     def poll_states(self, wanted: set[int]) -> dict[int, dict]:
         """The state trees of ``wanted`` workers that have arrived (non-blocking)."""
         got = {}
+        m = self.map
         for j in sorted(wanted):
-            if self.comm.Iprobe(source=j, tag=TAG_TREE):
-                got[j] = C.recv_tree(self.comm, j, tag=TAG_TREE)
+            rank, tag = m.rank(j), slot_tag(TAG_TREE, m.slot(j))
+            if self.comm.Iprobe(source=rank, tag=tag):
+                got[j] = C.recv_tree(self.comm, rank, tag=tag)
         return got
 
     # ---------------------------------------------------------------- results
-    def _post_recv(self, worker: int) -> MPI.Request:
+    def _post_recv(self, rank: int) -> MPI.Request:
         buf = self.free_bufs.pop() if self.free_bufs else np.empty(self.recv_size)
-        self.recv_bufs[worker] = buf
-        return self.comm.Irecv(buf, source=worker, tag=TAG_RESULT)
+        self.recv_bufs[rank] = buf
+        return self.comm.Irecv(buf, source=rank, tag=TAG_RESULT)
 
     def poll_results(self) -> list[Result] | tuple:
         """The results that have arrived, by worker rank (their receives re-posted)."""
@@ -233,10 +263,10 @@ class MasterTransport:
             return ()
         out = []
         for i in sorted(idx):
-            worker = i + 1
-            buf = self.recv_bufs[worker]
-            self.recvs[i] = self._post_recv(worker)
-            out.append(unpack_result(worker, buf, self.d))
+            rank = i + 1
+            buf = self.recv_bufs[rank]
+            self.recvs[i] = self._post_recv(rank)
+            out.append(unpack_result(buf, self.d))
         return out
 
     def recycle(self, result: Result) -> None:
@@ -249,20 +279,26 @@ class MasterTransport:
 
     def result_from_row(self, worker: int, row: np.ndarray) -> Result:
         buf = np.empty(self.recv_size)
-        buf[:self.row_width] = row
-        return unpack_result(worker, buf, self.d)
+        if row.size == self.row_width - 1:  # stored before results named their worker
+            buf[:R_WORKER], buf[RESULT_HEADER:self.row_width] = row[:R_WORKER], row[R_WORKER:]
+        else:
+            buf[:self.row_width] = row
+        buf[R_WORKER] = worker
+        return unpack_result(buf, self.d)
 
     # ---------------------------------------------------------------- evaluation
     def request_eval(self, params: np.ndarray, version: int) -> list[MPI.Request]:
-        """Send the model to every worker for evaluation; the replies' receives."""
+        """Send the model to every worker rank for evaluation; the replies' receives,
+        one per rank (its rows: one per hosted worker, in worker order)."""
         buf = _header(version, d=self.d)
         buf[JOB_HEADER:] = params
-        for j in range(1, self.M + 1):
-            self._send(buf, j, TAG_EVAL)
+        for r in self.ranks:
+            self._send(buf, r, TAG_EVAL)
         if self.eval_bufs is None:
             self.eval_bufs = np.empty((self.M, EVAL_HEADER + self.d))
-        return [self.comm.Irecv(self.eval_bufs[j - 1], source=j, tag=TAG_EVAL_RESULT)
-                for j in range(1, self.M + 1)]
+        hosted = self.map.hosted
+        return [self.comm.Irecv(self.eval_bufs[hosted(r).start - 1:hosted(r).stop - 1], source=r,
+                                tag=TAG_EVAL_RESULT) for r in self.ranks]
 
     def eval_sums(self) -> EvalSums:
         """The replies of the evaluation just completed, summed over the workers."""
@@ -276,8 +312,8 @@ class MasterTransport:
     def release(self, version: int, status: int) -> None:
         """Let every worker leave its loop with ``status``; cancel the receives and
         complete every send."""
-        for j in range(1, self.M + 1):
-            self._send(_header(version, flags=status), j, TAG_RELEASE)
+        for r in self.ranks:
+            self._send(_header(version, flags=status), r, TAG_RELEASE)
         for req in self.recvs:
             req.Cancel()
         MPI.Request.Waitall(self.recvs)
@@ -287,29 +323,29 @@ class MasterTransport:
 
 
 class WorkerTransport:
-    """A worker's side: it takes the master's messages in the order they were sent and
-    answers with blocking sends (rank 0 always has a receive posted)."""
+    """A worker rank's side, shared by the workers it hosts: it takes the master's
+    messages in the order they were sent and answers with blocking sends (rank 0 always
+    has a receive posted for it)."""
 
-    def __init__(self, comm: MPI.Comm, d: int, batch: int, pair_differences: int):
+    def __init__(self, comm: MPI.Comm, d: int, batch: int, pair_differences: int, hosted: int = 1):
         self.comm = comm
         self.d = d
         self.inbox = np.empty(JOB_HEADER + max(d, batch))  # a job, or up to B/2 signs
         self.params = self.inbox[JOB_HEADER:JOB_HEADER + d]  # the model of a job or evaluation
         self.out = np.empty(result_length(d, pair_differences))
         self.grad = self.out[RESULT_HEADER:RESULT_HEADER + d]  # where the mean gradient goes
-        self.eval_out = np.empty(EVAL_HEADER + d)
-        self.eval_grad = self.eval_out[EVAL_HEADER:]
+        self.eval_out = np.empty((hosted, EVAL_HEADER + d))   # a row per hosted worker
         self.status = MPI.Status()
         self.backoff = C.Backoff()
 
-    def receive(self) -> int:
-        """Block politely for the next master message; returns its tag."""
+    def receive(self) -> tuple[int, int]:
+        """Block politely for the next master message; returns its (kind, slot)."""
         while not self.comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=self.status):
             self.backoff.wait()
         self.backoff.done()
         tag = self.status.Get_tag()
         self.comm.Recv(self.inbox, source=0, tag=tag)
-        return tag
+        return tag_kind(tag)
 
     def newer_waiting(self) -> bool:
         """The master has sent something newer than the message being handled."""
@@ -330,26 +366,33 @@ class WorkerTransport:
         d = self.d
         return self.out[RESULT_HEADER + d:RESULT_HEADER + d * (1 + count)].reshape(count, d)
 
-    def reply(self, version: int, batch: int, samples: int, delay_comm: float, delay_compute: float,
-              compute: float, loss_sum: float, abandoned: bool, pairs: int, epoch: int, stop: bool) -> None:
+    def reply(self, worker: int, version: int, batch: int, samples: int, delay_comm: float,
+              delay_compute: float, compute: float, loss_sum: float, abandoned: bool, pairs: int, epoch: int,
+              stop: bool) -> None:
         """Send the result of the job: the header, then (unless abandoned: its gradient is
         never used) the gradient in ``grad`` and ``pairs`` differences in ``pair_slot``."""
-        pack_result(self.out, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
+        pack_result(self.out, worker, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
                     abandoned, pairs, epoch, stop)
         n = RESULT_HEADER if abandoned else RESULT_HEADER + self.d * (1 + pairs)
         self.comm.Send(self.out[:n], dest=0, tag=TAG_RESULT)
 
-    def eval_reply(self, train_loss: float, train_n: int, train_correct: float, test_loss: float,
-                   test_n: int, test_correct: float, seconds: float) -> None:
-        """Send the evaluation sums; the train gradient sum is already in ``eval_grad``."""
-        r = self.eval_out
+    def eval_grad(self, slot: int) -> np.ndarray:
+        """Where the train gradient sum of the worker in ``slot`` goes."""
+        return self.eval_out[slot, EVAL_HEADER:]
+
+    def eval_row(self, slot: int, train_loss: float, train_n: int, train_correct: float, test_loss: float,
+                 test_n: int, test_correct: float, seconds: float) -> None:
+        r = self.eval_out[slot]
         r[E_TRAIN_LOSS], r[E_TRAIN_N], r[E_TRAIN_CORRECT] = train_loss, train_n, train_correct
         r[E_TEST_LOSS], r[E_TEST_N], r[E_TEST_CORRECT] = test_loss, test_n, test_correct
         r[E_SECONDS] = seconds
-        self.comm.Send(r, dest=0, tag=TAG_EVAL_RESULT)
 
-    def send_state(self, tree: dict) -> None:
-        C.send_tree(self.comm, 0, tree, tag=TAG_TREE)
+    def eval_reply(self) -> None:
+        """Send every hosted worker's evaluation row (``eval_row``, ``eval_grad``)."""
+        self.comm.Send(self.eval_out, dest=0, tag=TAG_EVAL_RESULT)
 
-    def receive_state(self) -> dict:
-        return C.recv_tree(self.comm, 0, tag=TAG_TREE)
+    def send_state(self, slot: int, tree: dict) -> None:
+        C.send_tree(self.comm, 0, tree, tag=slot_tag(TAG_TREE, slot))
+
+    def receive_state(self, slot: int) -> dict:
+        return C.recv_tree(self.comm, 0, tag=slot_tag(TAG_TREE, slot))

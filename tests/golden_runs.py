@@ -3,14 +3,13 @@ column and every evaluation row are stored under tests/golden/ and must stay
 bit-identical (tests/test_golden.py).  Regenerate them only for an intended change of
 behaviour, and say so in the commit:
 
-    .venv/bin/mpiexec -n M+1 .venv/bin/python -m mpi4py tests/golden_runs.py DATA_DIR   (M = 1, 2, 4)
+    .venv/bin/mpiexec -n M+1 .venv/bin/python -m mpi4py tests/golden_runs.py DATA_DIR   (M = 1, 2, 4, 6)
 
 with DATA_DIR holding digits.h5 and breast_cancer.h5 (``hpcsgd prepare``)."""
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,19 +94,28 @@ def train(comm, data_dir: Path, out: Path, settings: tuple[str, ...]) -> dict | 
 
 
 def main() -> None:
+    import argparse
     import tempfile
     from mpi4py import MPI
     from hpcsgd.comm import bcast_text
     comm = MPI.COMM_WORLD
-    M = comm.Get_size() - 1
-    data_dir = Path(sys.argv[1]).resolve()
+    ap = argparse.ArgumentParser(description="record the golden runs (or, with --out, write them elsewhere)")
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("--workers", type=int, default=0, help="M workers (default: one per worker rank)")
+    ap.add_argument("--out", type=Path, help="write the .npz files here instead of tests/golden")
+    args = ap.parse_args()
+    M = args.workers or comm.Get_size() - 1
+    virtual = (f"run.workers={M}",) if args.workers else ()
+    data_dir = args.data_dir.resolve()
     base = Path(bcast_text(comm, tempfile.mkdtemp(prefix="golden-") if comm.Get_rank() == 0 else None))
-    GOLDEN.mkdir(exist_ok=True)
+    out_dir = args.out or GOLDEN
+    out_dir.mkdir(exist_ok=True)
     for name, settings in runs(M).items():
-        result = train(comm, data_dir, base / name, settings)
+        result = train(comm, data_dir, base / name, (*settings, *virtual))
         if comm.Get_rank() == 0:
-            np.savez_compressed(golden_file(M, name), **result)
-            print(f"wrote {golden_file(M, name).name}: {result['trace/update'].size} updates", flush=True)
+            target = out_dir / golden_file(M, name).name
+            np.savez_compressed(target, **result)
+            print(f"wrote {target}: {result['trace/update'].size} updates", flush=True)
     comm.Barrier()
     if comm.Get_rank() == 0:
         shutil.rmtree(base, ignore_errors=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcsgd.config import (INT_LIMIT, READ_BY, SCHEMA, check_layout, check_world, key_reference,
+from hpcsgd.config import (INT_LIMIT, READ_BY, SCHEMA, check_layout, check_world, key_reference, resolve_workers,
                            keys_read, load_config, load_config_checked, parse_override, resolve, resolve_checked,
                            resume_config, resume_config_checked)
 from hpcsgd.errors import UserError
@@ -326,6 +326,20 @@ def test_world_size():
         check_world(resolve({}), 0)
     with pytest.raises(UserError, match="at least 2 MPI ranks"):
         check_layout(resolve({}), 0, [], 10)
+
+
+
+def test_run_workers_against_the_worker_ranks():
+    cfg = resolve({"run": {"clock": "simulated"}})
+    assert resolve_workers(cfg, 3) == 3 and cfg["run"]["workers"] == 3  # 0: one per worker rank
+    cfg = resolve({"run": {"clock": "simulated", "workers": 256}})
+    assert resolve_workers(cfg, 2) == 256
+    with pytest.raises(UserError, match=r"run\.workers = 2 but the job has 4 worker ranks; launch with mpiexec -n 3"):
+        resolve_workers(resolve({"run": {"clock": "simulated", "workers": 2}}), 4)
+    with pytest.raises(UserError, match=r"run\.workers = 8 on 2 worker ranks needs run\.clock = 'simulated'"):
+        resolve_workers(resolve({"run": {"workers": 8}}), 2)
+    with pytest.raises(UserError, match="at least 2 MPI ranks"):
+        resolve_workers(resolve({"run": {"clock": "simulated", "workers": 8}}), 0)
 
 
 @pytest.mark.parametrize("raw, M, sizes, d, pattern", [

@@ -7,6 +7,7 @@ broadcast so that every rank passes or fails together and no rank waits alone.
 from __future__ import annotations
 
 import heapq
+import json
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +216,8 @@ def test_resume_continues_exactly(data_dir, method):
 
 
 def test_resume_refuses_other_world_size(data_dir):
-    """A checkpoint written by a different number of ranks is refused on every rank."""
+    """A wall-clock checkpoint of a different number of workers than this job's ranks is
+    refused on every rank."""
     from conftest import shared_dir
     from hpcsgd.checkpoint import save_checkpoint
     from hpcsgd.errors import UserError
@@ -238,11 +240,16 @@ def test_resume_refuses_other_world_size(data_dir):
         for name in ("pos", "epochs_started"):
             order[name] = np.append(order[name], order[name][:1])
         eng["version"] = int(tree["update"]) + 1
+        cfg = json.loads(tree["config"])
+        cfg["run"]["workers"] = M + 1
+        tree["config"] = json.dumps(cfg)
         for key in ("format", "format_version", "created"):
             tree.pop(key, None)
         save_checkpoint(base / "run", {**tree, "update": int(tree["update"]) + 1})
     comm().Barrier()
-    with pytest.raises(UserError, match="written by .* ranks"):
+    M = comm().Get_size() - 1
+    with pytest.raises(UserError, match=rf"is a run of {M + 1} workers, this job has {M} worker ranks; "
+                                         rf"resume with mpiexec -n {M + 2}"):
         resume(base / "run")
 
 

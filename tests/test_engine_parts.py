@@ -31,10 +31,10 @@ from hpcsgd.streams import make_stream, stream_state
 def test_result_and_job_messages_round_trip():
     d, pairs = 5, 2
     out = np.zeros(T.result_length(d, pairs))
-    T.pack_result(out, version=7, batch=4, samples=3, delay_comm=0.25, delay_compute=1.0, compute=0.01,
-                  loss_sum=2.5, abandoned=False, pairs=pairs, epoch=2, stop=True)
+    T.pack_result(out, worker=3, version=7, batch=4, samples=3, delay_comm=0.25, delay_compute=1.0,
+                  compute=0.01, loss_sum=2.5, abandoned=False, pairs=pairs, epoch=2, stop=True)
     out[T.RESULT_HEADER:] = np.arange(d * (1 + pairs))
-    r = T.unpack_result(3, out, d)
+    r = T.unpack_result(out, d)
     assert (r.worker, r.version, r.batch, r.samples, r.epoch, r.stop, r.abandoned) == (3, 7, 4, 3, 2, True, False)
     assert r.duration == 1.25 and r.delay_comm == 0.25 and r.loss_sum == 2.5
     assert np.array_equal(r.grad, np.arange(d)) and r.pairs.shape == (pairs, d)
@@ -42,6 +42,30 @@ def test_result_and_job_messages_round_trip():
     assert r.carries_gradient
     job = T._header(9, 16, T.FLAG_PREEMPTIBLE, d)
     assert T.unpack_job(job) == (9, 16, True) and T.unpack_job(T._header(9, 16, 0)) == (9, 16, False)
+
+
+def test_a_tag_names_the_kind_and_the_hosted_worker():
+    for kind in (T.TAG_JOB, T.TAG_EVAL, T.TAG_STATE_GET, T.TAG_STATE_SET, T.TAG_RELEASE, T.TAG_SIGNS, T.TAG_TREE):
+        for slot in (0, 1, 511):
+            assert T.tag_kind(T.slot_tag(kind, slot)) == (kind, slot)
+    assert len({T.TAG_RESULT, T.TAG_EVAL_RESULT, *(T.slot_tag(k, 0) for k in range(T.TAG_STRIDE))}) == T.TAG_STRIDE
+
+
+def test_a_stored_result_row_from_before_results_named_their_worker_loads():
+    class Comm:  # what MasterTransport asks of a communicator before any message
+        def Irecv(self, buf, source, tag):
+            return None
+    from hpcsgd.placement import WorkerMap
+    d = 3
+    link = T.MasterTransport(Comm(), d, 0, WorkerMap(2, 1))
+    new = np.zeros(T.RESULT_HEADER + d)
+    T.pack_result(new, worker=2, version=5, batch=4, samples=4, delay_comm=0.5, delay_compute=1.0, compute=0.0,
+                  loss_sum=1.5, abandoned=False, pairs=0, epoch=1, stop=False)
+    new[T.RESULT_HEADER:] = [7.0, 8.0, 9.0]
+    old = np.concatenate([new[:T.R_WORKER], new[T.RESULT_HEADER:]])  # the header without R_WORKER
+    for row in (new, old):
+        r = link.result_from_row(2, row)
+        assert (r.worker, r.version, r.batch, r.duration) == (2, 5, 4, 1.5) and list(r.grad) == [7.0, 8.0, 9.0]
 
 
 # ---------------------------------------------------------------------------- clocks

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from hpcsgd.placement import PlacementError, describe, hostfile, hydra_hosts, master_alone
+from hpcsgd.placement import PlacementError, WorkerMap, describe, hostfile, hydra_hosts, master_alone
 
 
 @pytest.mark.parametrize("hosts, ranks, per_host, want", [
@@ -58,3 +58,24 @@ def test_command_line():
 ])
 def test_describe_names_each_host_and_its_ranks(rank_hosts, want):
     assert describe(rank_hosts) == want
+
+
+@pytest.mark.parametrize("M, R, blocks", [
+    (4, 4, [[1], [2], [3], [4]]),
+    (6, 4, [[1, 2], [3, 4], [5], [6]]),
+    (6, 1, [[1, 2, 3, 4, 5, 6]]),
+    (7, 3, [[1, 2, 3], [4, 5], [6, 7]]),
+])
+def test_workers_on_fewer_ranks_in_even_contiguous_blocks(M, R, blocks):
+    m = WorkerMap(M, R)
+    assert [list(m.hosted(r)) for r in range(1, R + 1)] == blocks
+    for r, block in enumerate(blocks, 1):
+        for slot, j in enumerate(block):
+            assert (m.rank(j), m.slot(j)) == (r, slot)
+    assert m.most_hosted() == len(blocks[0])
+
+
+@pytest.mark.parametrize("M, R", [(2, 3), (3, 0)])
+def test_more_ranks_than_workers_is_refused(M, R):
+    with pytest.raises(PlacementError, match="cannot be hosted"):
+        WorkerMap(M, R)

@@ -33,7 +33,7 @@ class Evaluation:
         }
 
     def owes(self, worker: int) -> bool:
-        return self.pending is not None and not self.pending["recvs"][worker - 1].Test()
+        return self.pending is not None and not self.pending["recvs"][self.link.map.rank(worker) - 1].Test()
 
     def poll(self) -> bool:
         """Complete the evaluation if every reply is in; True if it completed."""

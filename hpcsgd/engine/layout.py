@@ -171,7 +171,7 @@ def parts(tree: dict) -> dict:
 def engine_tree(engine, worker_trees: dict[int, dict]) -> dict:
     """An engine's checkpoint: its parts' state dicts and every worker's state."""
     root = {"update": engine.version, "epoch": engine.scheduler.epoch(), "method": engine.method.name,
-            "world_size": engine.M + 1, "config": to_json(engine.cfg), "clock": engine.cfg["run"]["clock"],
+            "world_size": engine.M + 1, "ranks": engine.comm.Get_size(), "config": to_json(engine.cfg), "clock": engine.cfg["run"]["clock"],
             "hpcsgd_version": __version__, "stop_reason": engine.stop_reason or "", **engine.root}
     own = {"version": engine.version, "contributions": np.array(engine.contributions, dtype=np.int64),
            "pending": pending_array(engine.pending), "busy_seconds": engine.busy_seconds,

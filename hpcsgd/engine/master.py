@@ -30,6 +30,7 @@ from hpcsgd.engine.scheduler import Scheduler
 from hpcsgd.engine.watch import Watch
 from hpcsgd.errors import CheckpointWriteError, DivergenceError, WorkerSilentError
 from hpcsgd.ordering import ORDERINGS
+from hpcsgd.placement import WorkerMap
 from hpcsgd.stop import StopRequest
 from hpcsgd.streams import make_stream
 
@@ -38,18 +39,21 @@ class Engine:
     """Implements ``hpcsgd.engine.interface.Engine`` for the method it drives."""
 
     def __init__(self, comm: MPI.Comm, cfg: dict, model, shard_sizes: list[int], method, run_dir: Path,
-                 stop: StopRequest, hosts: list[str] | None = None, trace_extras: dict | None = None,
-                 test_rows: int = -1, data_fingerprint: str = "", quiet: bool = False):
+                 stop: StopRequest, workers: WorkerMap, hosts: list[str] | None = None,
+                 trace_extras: dict | None = None, test_rows: int = -1, data_fingerprint: str = "",
+                 quiet: bool = False):
+        """``workers``: which worker rank hosts which worker; ``hosts``: each worker's host
+        name (index 0: the master's)."""
         self.comm, self.cfg, self.model, self.method = comm, cfg, model, method
         self.run_dir, self.stop, self.quiet = run_dir, stop, quiet
         self.root = {"test_rows": test_rows, "data_fingerprint": data_fingerprint}  # kept in checkpoints
         run, order = cfg["run"], cfg["order"]
-        self.M = comm.Get_size() - 1
+        self.M = workers.M
         self.workers = range(1, self.M + 1)
         self.clock = make_clock(run["clock"], self.M)
         self.recorder = Recorder(run, self.clock, extras=trace_extras, quiet=quiet)
         pairs = ORDERINGS[order["kind"]].pair_differences(order["batch"])
-        self.link = T.MasterTransport(comm, model.dim, pairs, held=lambda: self.scheduler.held_buffers())
+        self.link = T.MasterTransport(comm, model.dim, pairs, workers, held=lambda: self.scheduler.held_buffers())
         self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send=self.link.send_job,
                                    load=self.recorder, recycle=self.link.recycle,
                                    observe=None if self.clock.simulated else method.observe)

@@ -133,6 +133,10 @@ class Scheduler:
         self.jobs: dict[int, deque[Job]] = {j: deque() for j in self.workers}
         self.seq = 0
         self.ready: list[tuple] = []        # (sim time or arrival number, seq, worker)
+        # simulated clock: (earliest end, seq, worker) of each worker's first running job,
+        # kept lazily (an entry is checked when it comes to the top), so that the next
+        # event is known in O(log M) rather than by looking at every worker
+        self.running: list[tuple] = []
         self.unanswered = [0] * (M + 1)     # jobs sent, reply not yet here
         self.held = [0] * (M + 1)           # jobs waiting here to be sent
         self.last_heard = [time.monotonic()] * (M + 1)
@@ -150,6 +154,8 @@ class Scheduler:
         self.seq += 1
         self.jobs[worker].append(job)
         self.load.messages += 1
+        if self._first_running(worker) is job:
+            self._track(worker)
         if self.unanswered[worker] < SEND_WINDOW and not self.held[worker]:
             self.send(worker, buf)
             job.sent_at = time.monotonic()
@@ -205,6 +211,7 @@ class Scheduler:
         assert job.cancelled or not (r.abandoned or r.samples == 0), (
             f"worker {worker} dropped job v{job.version} that is still live")
         key, samples, messages = self.clock.arrived(job, r)
+        self._track(worker)
         if self.observe is not None:
             self.observe(job, r)
         if key is None:
@@ -229,14 +236,18 @@ class Scheduler:
             self.withdraw_held(version)
         t = self.clock.now()
         for worker in self.workers:
+            changed = False
             for job in list(self.jobs[worker]):
                 if job.version >= version or job.cancelled:
                     continue
                 job.cancel_time = t
+                changed = True
                 load = self.clock.cancelled(job, t)
                 if load is not None:
                     self.load.count(*load)
                     self._forget(job)
+            if changed:
+                self._track(worker)
         self.ready = [e for e in self.ready if self._find(e[2], e[1]) is not None]
         heapq.heapify(self.ready)
 
@@ -246,19 +257,35 @@ class Scheduler:
     # ---------------------------------------------------------------- events
     def event_ready(self) -> bool:
         """A result can be taken as the next event: in the simulated clock, only once no
-        job still running can end before it."""
+        job still running can end before it (later jobs of a worker end later still, so
+        each worker's first running job is the one to look at)."""
         if not self.ready:
             return False
         if not self.clock.simulated:
             return True
-        key = self.ready[0][:2]
-        for worker in self.workers:
-            for job in self.jobs[worker]:
-                if job.result is None and not job.cancelled:
-                    if (self.clock.earliest_end(job), job.seq) < key:
-                        return False
-                    break  # later jobs of this worker end later still
+        running = self.running
+        while running:
+            bound, seq, worker = running[0]
+            job = self._first_running(worker)
+            if job is None or job.seq != seq or self.clock.earliest_end(job) != bound:
+                heapq.heappop(running)  # stale: that worker's entry was renewed when it changed
+                continue
+            return not (bound, seq) < self.ready[0][:2]
         return True
+
+    def _first_running(self, worker: int) -> Job | None:
+        return next((j for j in self.jobs[worker] if j.result is None and not j.cancelled), None)
+
+    def _track(self, worker: int) -> None:
+        """The worker's first running job, or when it may end, changed: enter it anew."""
+        if self.clock.simulated:
+            job = self._first_running(worker)
+            if job is not None:
+                heapq.heappush(self.running, (self.clock.earliest_end(job), job.seq, worker))
+            if len(self.running) > 4 * len(self.workers) + 64:  # stale entries pile up below the top
+                self.running = [(self.clock.earliest_end(j), j.seq, w) for w in self.workers
+                                if (j := self._first_running(w)) is not None]
+                heapq.heapify(self.running)
 
     def take(self) -> Job:
         """The next event's job, out of its queue."""
