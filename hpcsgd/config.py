@@ -122,6 +122,29 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "slow_factor": Key(1.0, (int, float), "multiplier on the means of slow_workers", above=0,
                            maximum=MAX_FACTOR),
     },
+    "cluster": {
+        "cost": Key(False, bool, "simulated clock: charge simulated time for the master's work and for every "
+                    "message crossing the links (scripts/calibrate measures the master and the workers)",
+                    does={False: "charges nothing for the master and the network"}),
+        "link_gbit": Key(10.0, (int, float), "every host's link, Gbit/s each way (0 = no transfer time)",
+                         minimum=0, maximum=1e6),
+        "latency": Key(0.0, (int, float), "seconds every message takes beyond its transfer", minimum=0,
+                       maximum=MAX_SECONDS),
+        "workers_per_host": Key(1, int, "workers on each worker host, in blocks (the master alone on its own)",
+                                minimum=1),
+        "master_update": Key(0.0, (int, float), "master seconds per update, beyond its parameters", minimum=0,
+                             maximum=MAX_SECONDS),
+        "master_per_param": Key(0.0, (int, float), "master seconds per parameter an update steps", minimum=0,
+                                maximum=MAX_SECONDS),
+        "master_message": Key(0.0, (int, float), "master seconds per job sent and per result received",
+                              minimum=0, maximum=MAX_SECONDS),
+        "master_message_per_param": Key(0.0, (int, float), "master seconds per parameter a job or result "
+                                        "carries (copies, sums)", minimum=0, maximum=MAX_SECONDS),
+        "worker_job": Key(0.0, (int, float), "worker seconds per job beyond its examples (added to the drawn "
+                          "delay)", minimum=0, maximum=MAX_SECONDS),
+        "worker_per_sample_param": Key(0.0, (int, float), "worker seconds per example and parameter of a job "
+                                       "(added to the drawn delay)", minimum=0, maximum=MAX_SECONDS),
+    },
 }
 
 TABLES = tuple(SCHEMA)
@@ -281,6 +304,12 @@ _READ_BY_OWN: dict[tuple[str, str], Reason] = {
     ("stragglers", "speeds"): _DELAYS,
     ("stragglers", "slow_workers"): _DELAYS,
     ("stragglers", "slow_factor"): all_of(_DELAYS, unless("stragglers.slow_workers", [], why="slows no worker")),
+    ("cluster", "cost"): only("run.clock", "simulated", why="measures the master and the network itself"),
+    **{("cluster", name): all_of(only("run.clock", "simulated", why="measures the master and the network itself"),
+                                 only("cluster.cost", True))
+       for name in ("link_gbit", "latency", "workers_per_host", "master_update", "master_per_param",
+                    "master_message", "master_message_per_param", "worker_job",
+                    "worker_per_sample_param")},
 }
 
 

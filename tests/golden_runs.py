@@ -26,7 +26,7 @@ EXP = ("stragglers.model='exp'", "stragglers.comm_mean=1.0", "stragglers.compute
 
 def runs(M: int) -> dict[str, tuple[str, ...]]:
     """Name -> settings, for M workers: every method, every order, no delays and drawn
-    delays, every partition, the four models."""
+    delays, every partition, the four models, and the cost model."""
     k = max(1, M - 1)
     return {
         "sync-rr-none-iid-softmax": ("method.kind='sync'", "order.kind='rr'", "data.source='digits'",
@@ -58,6 +58,13 @@ def runs(M: int) -> dict[str, tuple[str, ...]]:
                                           "method.lr=0.05", "order.kind='so'", "data.partition='dirichlet'"),
         "piag-rr-exp-full-l1": (*LOGISTIC, *EXP, "method.kind='piag'", "order.batch=0", "model.l1=0.01",
                                 "model.l2=0.1", "method.stepsize='adaptive1'", "method.alpha=0.4"),
+        "async-rr-exp-cost": (*LOGISTIC, *EXP, "method.kind='async'", "order.kind='rr'", "cluster.cost=true",
+                              # costs of the order of the delays, so that they change the event order
+                              "cluster.link_gbit=1e-5", "cluster.latency=0.1", "cluster.workers_per_host=2",
+                              "cluster.master_update=0.1", "cluster.master_per_param=1e-3",
+                              "cluster.master_message=0.05", "cluster.master_message_per_param=2e-3",
+                              "cluster.worker_job=0.3",
+                              "cluster.worker_per_sample_param=1e-3"),
         "async_bcd-rr-normal-replicate": (*LOGISTIC, "stragglers.model='normal'", "stragglers.comm_mean=1.0",
                                           "stragglers.cv=0.5", "method.kind='async_bcd'", "method.blocks=4",
                                           "data.partition='replicate'", "method.stepsize='fixed'",
@@ -103,6 +110,7 @@ def main() -> None:
     ap.add_argument("data_dir", type=Path)
     ap.add_argument("--workers", type=int, default=0, help="M workers (default: one per worker rank)")
     ap.add_argument("--out", type=Path, help="write the .npz files here instead of tests/golden")
+    ap.add_argument("--only", action="append", help="this run only (repeatable)")
     args = ap.parse_args()
     M = args.workers or comm.Get_size() - 1
     virtual = (f"run.workers={M}",) if args.workers else ()
@@ -111,6 +119,8 @@ def main() -> None:
     out_dir = args.out or GOLDEN
     out_dir.mkdir(exist_ok=True)
     for name, settings in runs(M).items():
+        if args.only and name not in args.only:
+            continue
         result = train(comm, data_dir, base / name, (*settings, *virtual))
         if comm.Get_rank() == 0:
             target = out_dir / golden_file(M, name).name

@@ -15,7 +15,7 @@ import pytest
 
 from hpcsgd import transport as T
 from hpcsgd.engine import layout
-from hpcsgd.engine.clock import SimulatedClock, WallClock
+from hpcsgd.engine.clock import CostClock, SimulatedClock, WallClock
 from hpcsgd.engine.interface import Assignment
 from hpcsgd.engine.params import ParameterState
 from hpcsgd.engine.recorder import Recorder
@@ -98,6 +98,67 @@ def test_the_simulated_clock_chains_a_workers_jobs_and_clips_cancelled_ones():
     assert clock.cancelled(d_, 1.5) == (2, 0)          # half of the compute: 2 of 4 samples
     assert clock.worker_end[2] == 1.5
     assert clock.cancelled(job(1, 4), 2.0) is None     # no reply yet: had not started
+
+
+def cost_model(**over) -> dict:
+    from hpcsgd.config import SCHEMA
+    return {**{k: key.default for k, key in SCHEMA["cluster"].items()}, "cost": True, **over}
+
+
+def test_the_cost_model_charges_a_sync_round_through_the_masters_link_and_the_master():
+    """Four workers on four hosts, no delays: the jobs leave the master's link one after
+    another, the results come back through it one after another, then the master works.
+    The times against the same arithmetic written out by hand (bytes / rate, latency,
+    the master's own seconds)."""
+    d, M = 650, 4
+    c = cost_model(link_gbit=1.0, latency=1e-4, master_update=3e-5, master_per_param=2.6e-9, master_message=1e-5)
+    clock = CostClock(M, c, d, T.RESULT_HEADER, T.JOB_HEADER)
+    rate = 1e9 / 8
+    job_s, result_s = 8 * (T.JOB_HEADER + d) / rate, 8 * (T.RESULT_HEADER + d) / rate
+    jobs = [job(j, j - 1) for j in range(1, M + 1)]
+    for jb in jobs:
+        clock.sent(jb)
+    leave = [1e-5 * j for j in range(1, M + 1)]           # the master sends one per message cost
+    link_free, arrive = 0.0, []
+    for t in leave:                                        # ... and its link one at a time
+        link_free = max(t, link_free) + job_s
+        arrive.append(link_free + 1e-4)
+    assert [jb.t_arrive for jb in jobs] == pytest.approx(arrive, abs=1e-15)
+    keys = [clock.arrived(jb, result(jb.worker, 0.0))[0] for jb in jobs]
+    assert [k[0] for k in keys] == pytest.approx(arrive)  # no delay: each computes on arrival
+    link_free = master = 0.0
+    for jb in jobs:                                        # in the order the computations end
+        jb.result = result(jb.worker, 0.0)
+        clock.took(jb)
+        link_free = max(jb.t_done, link_free) + result_s
+        here = link_free + 1e-4
+        master = max(here, master) + 1e-5
+        assert clock.sim_now == pytest.approx(master)
+    assert clock.trace_row()["wait_link"] == pytest.approx(here - jobs[-1].t_done)
+    clock.charge_update(d)
+    assert clock.sim_now == pytest.approx(master + 3e-5 + 2.6e-9 * d)
+    # two rounds of M * (job + result) bytes through one link: the bytes-per-link model
+    assert 2 * M * (job_s + result_s) / 2 < clock.sim_now
+
+
+def test_the_cost_model_queues_workers_of_one_host_behind_each_other_and_resumes_exactly():
+    d = 10**6
+    c = cost_model(link_gbit=10.0, workers_per_host=2)
+    clock = CostClock(4, c, d, T.RESULT_HEADER, T.JOB_HEADER)
+    a, b, e = job(1, 0), job(2, 1), job(3, 2)
+    for jb in (a, b, e):
+        clock.sent(jb)
+    s = 8 * (T.JOB_HEADER + d) / 1.25e9
+    # b shares a's host: its message waits for a's on the host link as on the master's;
+    # e is on the next host but still behind both on the master's link
+    assert (a.t_arrive, b.t_arrive, e.t_arrive) == pytest.approx((s, 2 * s, 3 * s))
+    state = clock.state_dict()
+    again = CostClock(4, c, d, T.RESULT_HEADER, T.JOB_HEADER)
+    again.load_state_dict(state)
+    f, g = job(4, 3), job(4, 4)
+    clock.sent(f)
+    again.sent(g)
+    assert f.t_arrive == g.t_arrive == pytest.approx(4 * s)
 
 
 def test_the_wall_clock_numbers_arrivals_and_counts_dropped_work_when_it_comes():

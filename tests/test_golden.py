@@ -1,6 +1,7 @@
-"""Golden trajectories (tests/golden_runs.py): ten simulated-clock runs per number of
+"""Golden trajectories (tests/golden_runs.py): eleven simulated-clock runs per number of
 workers (M = 1, 2, 4, 6, each recorded with one rank per worker) covering every method,
-every order, runs with and without delays, every partition and the four models must
+every order, runs with and without delays, every partition, the four models and the
+cost model must
 reproduce the stored final parameters, trace columns and evaluation rows bit for bit:
 at M = R, the MPI stage's own worker ranks (2, 3 and 5 ranks), and at every M > R as
 virtual workers, several on a rank (M = 6 on 1, 2 and 4 ranks, M = 4 on 1 and 2, M = 2

@@ -45,6 +45,7 @@ def test_six_workers_on_three_ranks_are_the_recorded_six_rank_runs(data_dir, tmp
     ("async_shuffle-pair-fixed-slow", 2, 3),    # queued jobs in the checkpoint
     ("sync-cd_grab-exp-dirichlet", 3, 1),       # coordinated order, momentum
     ("gsgm-so-uniform-dirichlet-mlp", 1, 6),    # buffered gradients; then a rank per worker
+    ("async-rr-exp-cost", 4, 2),                # the cost model's queues in the checkpoint
 ])
 def test_a_run_resumed_on_another_number_of_ranks_is_the_recorded_run(data_dir, tmp_path, name, first, then):
     from golden_runs import flat

@@ -51,6 +51,16 @@ class Clock:
     def pause(self, seconds: float) -> None:
         self.paused += seconds
 
+    # What the cost model charges (CostClock); nothing in the other clocks.
+    def sent(self, job) -> None:
+        pass
+
+    def charge_update(self, n_params: int) -> None:
+        pass
+
+    def trace_row(self) -> dict:
+        return {}
+
     def state_dict(self) -> dict:
         return {"sim_now": self.sim_now, "wall_time": self.wall(), "worker_end": self.worker_end.copy(),
                 "arrivals": self.arrivals}
@@ -141,5 +151,117 @@ class SimulatedClock(Clock):
         return value
 
 
-def make_clock(kind: str, n_workers: int) -> Clock:
+class CostClock(SimulatedClock):
+    """The simulated clock that also charges for the master and the network
+    (``[cluster]``, ``cluster.cost = true``): what a run of this layout would take on a
+    cluster with these links and this master, beyond the drawn delays.
+
+    - The master is one server: receiving a result and sending a job cost it
+      ``master_message + master_message_per_param * p`` s each (p parameters carried), an
+      update ``master_update + master_per_param * n`` s (n parameters stepped).  Work
+      queues for it in the order it comes.
+    - Links: the master's host and every worker host (``workers_per_host`` workers in
+      blocks, as hpcsgd.placement puts them) have one full-duplex link of
+      ``link_gbit``.  A message of S bytes occupies the sender's outgoing link and the
+      receiver's incoming one for S / rate each (cut-through: the second may start when
+      the first does), then ``latency`` s; messages queue for each link in the order
+      they are sent.  A job leaves when the master has sent it; a result leaves when its
+      computation ends, and the results of one master enter its link in the order their
+      computations end (the order events are taken in).
+    - A job's computation takes its drawn delay plus ``worker_job + worker_per_sample_param
+      * batch * d`` s, and starts once the job has arrived and the worker is free.
+
+    The trace then has ``wait_link`` (from the end of the computation to the result's
+    arrival at the master: transfer and queueing) and ``wait_master`` (from there until
+    the master took it) of the result that made each update."""
+
+    def __init__(self, n_workers: int, cost: dict, d: int, result_header: int, job_header: int):
+        super().__init__(n_workers)
+        self.cost = cost
+        self.d = d
+        rate = cost["link_gbit"] * 1e9 / 8.0
+        self.per_byte = 1.0 / rate if rate > 0 else 0.0
+        self.latency = cost["latency"]
+        self.job_bytes = 8 * (job_header + d)
+        self.result_header = result_header
+        per_host = cost["workers_per_host"]
+        self.host = [0] + [1 + (j - 1) // per_host for j in range(1, n_workers + 1)]  # host 0: the master's
+        hosts = self.host[-1] + 1
+        # when each resource is free again: the master, every host's outgoing and incoming link
+        self.master_free = 0.0
+        self.out_free = np.zeros(hosts)
+        self.in_free = np.zeros(hosts)
+        self.waits = (0.0, 0.0)  # wait_link, wait_master of the last result taken
+
+    def _transfer(self, t: float, size: int, src: int, dst: int) -> float:
+        """A message of ``size`` bytes leaves host ``src`` at ``t``: its arrival at ``dst``."""
+        s = size * self.per_byte
+        start = max(t, self.out_free[src])
+        self.out_free[src] = start + s
+        start = max(start, self.in_free[dst])
+        self.in_free[dst] = start + s
+        return start + s + self.latency
+
+    def _master(self, t: float, seconds: float) -> float:
+        """Master work of ``seconds`` that can start at ``t``: when it is done."""
+        self.master_free = max(t, self.master_free) + seconds
+        return self.master_free
+
+    def _message(self, params: int) -> float:
+        return self.cost["master_message"] + self.cost["master_message_per_param"] * params
+
+    def sent(self, job) -> None:
+        leaves = self._master(self.sim_now, self._message(self.d))
+        job.t_arrive = self._transfer(leaves, self.job_bytes, 0, self.host[job.worker])
+
+    def arrived(self, job, result) -> tuple[tuple | None, int, int]:
+        w = job.worker
+        c = self.cost
+        job.start = max(job.t_arrive, self.worker_end[w])
+        end = job.start + result.duration + c["worker_job"] + c["worker_per_sample_param"] * job.batch * self.d
+        if job.cancelled:
+            end = max(job.start, min(end, job.cancel_time))
+        job.t_done = end
+        self.worker_end[w] = end
+        return (None if job.cancelled else (job.t_done, job.seq, w)), 0, 0
+
+    def earliest_end(self, job) -> float:
+        return max(job.t_arrive, self.worker_end[job.worker])
+
+    def took(self, job) -> None:
+        params = self.d * (1 + job.result.pairs.shape[0])
+        here = self._transfer(job.t_done, 8 * (self.result_header + params), self.host[job.worker], 0)
+        taken = max(here, self.master_free)
+        self.sim_now = self._master(here, self._message(params))
+        self.waits = (here - job.t_done, taken - here)
+
+    def charge_update(self, n_params: int) -> None:
+        c = self.cost
+        self.sim_now = self._master(self.sim_now, c["master_update"] + c["master_per_param"] * n_params)
+
+    def trace_row(self) -> dict:
+        return {"wait_link": self.waits[0], "wait_master": self.waits[1]}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(),
+                "cost": np.concatenate([[self.master_free], self.out_free, self.in_free])}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        cost = np.asarray(state["cost"], dtype=np.float64)
+        n = self.out_free.size
+        self.master_free = float(cost[0])
+        self.out_free[:] = cost[1:1 + n]
+        self.in_free[:] = cost[1 + n:1 + 2 * n]
+
+
+COST_COLUMNS = {"wait_link": float, "wait_master": float}  # the trace columns a CostClock adds
+
+
+def make_clock(kind: str, n_workers: int, cost: dict | None = None, d: int = 0, headers: tuple[int, int] = (0, 0)
+               ) -> Clock:
+    """``cost``: the ``[cluster]`` table when ``cluster.cost`` is on (simulated clock only);
+    ``headers``: the result and job header lengths (float64 words)."""
+    if kind == "simulated" and cost is not None and cost.get("cost"):
+        return CostClock(n_workers, cost, d, *headers)
     return (SimulatedClock if kind == "simulated" else WallClock)(n_workers)

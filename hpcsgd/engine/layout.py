@@ -135,7 +135,8 @@ def checkpoint_tree(*, root: dict, params: dict, method: dict, engine: dict, clo
                        "inflight": {k: scheduler[k] for k in ("jobs", "times", "results")},
                        "row_samples": recorder["row_samples"], "row_messages": recorder["row_messages"],
                        "row_compute": recorder["row_compute"],
-                       "busy_seconds": engine["busy_seconds"], "wait_seconds": engine["wait_seconds"]},
+                       "busy_seconds": engine["busy_seconds"], "wait_seconds": engine["wait_seconds"],
+                       **({"cost": clock["cost"]} if "cost" in clock else {})},  # the cost model's queues
             "workers": workers,
         },
         "rng": {"master": {"method": master_rng}, **rng},
@@ -156,7 +157,7 @@ def parts(tree: dict) -> dict:
                    "pending": eng["pending"], "busy_seconds": eng["busy_seconds"],
                    "wait_seconds": eng["wait_seconds"]},
         "clock": {"sim_now": eng["sim_now"], "wall_time": eng["wall_time"], "worker_end": eng["worker_end"],
-                  "arrivals": eng["arrivals"]},
+                  "arrivals": eng["arrivals"], **({"cost": eng["cost"]} if "cost" in eng else {})},
         "scheduler": {"seq": eng["seq"],
                       "mirror": {"pos": eng["mirror_pos"], "started": eng["mirror_started"]},
                       **eng["inflight"]},

@@ -21,7 +21,7 @@ from hpcsgd import checkpoint, streams
 from hpcsgd import comm as C
 from hpcsgd import transport as T
 from hpcsgd.engine import layout
-from hpcsgd.engine.clock import make_clock
+from hpcsgd.engine.clock import COST_COLUMNS, CostClock, make_clock
 from hpcsgd.engine.evaluation import Evaluation
 from hpcsgd.engine.interface import Assignment
 from hpcsgd.engine.params import ParameterState
@@ -50,8 +50,10 @@ class Engine:
         run, order = cfg["run"], cfg["order"]
         self.M = workers.M
         self.workers = range(1, self.M + 1)
-        self.clock = make_clock(run["clock"], self.M)
-        self.recorder = Recorder(run, self.clock, extras=trace_extras, quiet=quiet)
+        self.clock = make_clock(run["clock"], self.M, cfg.get("cluster"), model.dim, (T.RESULT_HEADER, T.JOB_HEADER))
+        self.costs = isinstance(self.clock, CostClock)  # the cost model's trace columns
+        extras = {**(trace_extras or {}), **(COST_COLUMNS if self.costs else {})}
+        self.recorder = Recorder(run, self.clock, extras=extras, quiet=quiet)
         pairs = ORDERINGS[order["kind"]].pair_differences(order["batch"])
         self.link = T.MasterTransport(comm, model.dim, pairs, workers, held=lambda: self.scheduler.held_buffers())
         self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send=self.link.send_job,
@@ -94,6 +96,8 @@ class Engine:
         if not self.state.step(grad, lr, scale, block):
             raise DivergenceError(f"non-finite gradient at update {self.version + 1}")
         self.version += 1
+        if self.costs:
+            self.clock.charge_update(grad.size)  # a block method hands over the block's gradient
         for j in contributors:
             self.contributions[j] += 1
         row = {"update": self.version, "wall_time": self.clock.wall(), "sim_time": self.clock.sim_time(),
@@ -101,6 +105,8 @@ class Engine:
                "step_size": lr, "k": len(contributors), "batch": batch}
         if extra:
             row.update(extra)
+        if self.costs:
+            row.update(self.clock.trace_row())
         self.recorder.update(row)
         self.updated = True
 

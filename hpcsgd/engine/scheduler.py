@@ -45,6 +45,7 @@ class Job:
     batch: int
     preemptible: bool
     t_assign: float
+    t_arrive: float = math.nan         # cost model: when the job message reaches its worker
     buf: np.ndarray | None = None      # the job message while it is held here, unsent
     undo: tuple[int, int] = (0, 0)     # the worker's epoch cursor before this job
     sent_at: float = math.nan          # monotonic time it was sent
@@ -151,6 +152,7 @@ class Scheduler:
         batch = self.mirror.take(worker, a.batch)
         buf = self.message(params, version, batch, a.preemptible)
         job = Job(worker, self.seq, version, batch, a.preemptible, t_assign=self.clock.now(), undo=undo)
+        self.clock.sent(job)
         self.seq += 1
         self.jobs[worker].append(job)
         self.load.messages += 1
