@@ -106,8 +106,9 @@ def cost_model(**over) -> dict:
 
 
 def test_the_cost_model_charges_a_sync_round_through_the_masters_link_and_the_master():
-    """Four workers on four hosts, no delays: the jobs leave the master's link one after
-    another, the results come back through it one after another, then the master works.
+    """Four workers on four hosts, no delays: the jobs leave the master together and
+    share its link, the results come back through it one after another, then the master
+    works.
     The times against the same arithmetic written out by hand (bytes / rate, latency,
     the master's own seconds)."""
     d, M = 650, 4
@@ -116,13 +117,10 @@ def test_the_cost_model_charges_a_sync_round_through_the_masters_link_and_the_ma
     rate = 1e9 / 8
     job_s, result_s = 8 * (T.JOB_HEADER + d) / rate, 8 * (T.RESULT_HEADER + d) / rate
     jobs = [job(j, j - 1) for j in range(1, M + 1)]
-    for jb in jobs:
-        clock.sent(jb)
-    leave = [1e-5 * j for j in range(1, M + 1)]           # the master sends one per message cost
-    link_free, arrive = 0.0, []
-    for t in leave:                                        # ... and its link one at a time
-        link_free = max(t, link_free) + job_s
-        arrive.append(link_free + 1e-4)
+    clock.sent(jobs)
+    msg = 1e-5 + 0.0 * d                                   # the master sends one per message cost,
+    last_byte = max(msg + M * job_s, M * msg + job_s)      # its link shares the rate: all arrive at once
+    arrive = [last_byte + 1e-4] * M
     assert [jb.t_arrive for jb in jobs] == pytest.approx(arrive, abs=1e-15)
     keys = [clock.arrived(jb, result(jb.worker, 0.0))[0] for jb in jobs]
     assert [k[0] for k in keys] == pytest.approx(arrive)  # no delay: each computes on arrival
@@ -146,8 +144,8 @@ def test_the_cost_model_queues_workers_of_one_host_behind_each_other_and_resumes
     c = cost_model(link_gbit=10.0, workers_per_host=2)
     clock = CostClock(4, c, d, T.RESULT_HEADER, T.JOB_HEADER)
     a, b, e = job(1, 0), job(2, 1), job(3, 2)
-    for jb in (a, b, e):
-        clock.sent(jb)
+    for jb in (a, b, e):  # one at a time: each waits for the ones before it
+        clock.sent([jb])
     s = 8 * (T.JOB_HEADER + d) / 1.25e9
     # b shares a's host: its message waits for a's on the host link as on the master's;
     # e is on the next host but still behind both on the master's link
@@ -156,9 +154,14 @@ def test_the_cost_model_queues_workers_of_one_host_behind_each_other_and_resumes
     again = CostClock(4, c, d, T.RESULT_HEADER, T.JOB_HEADER)
     again.load_state_dict(state)
     f, g = job(4, 3), job(4, 4)
-    clock.sent(f)
-    again.sent(g)
+    clock.sent([f])
+    again.sent([g])
     assert f.t_arrive == g.t_arrive == pytest.approx(4 * s)
+    # sent together, two jobs to one host share the master's link and that host's
+    together = CostClock(4, c, d, T.RESULT_HEADER, T.JOB_HEADER)
+    h, k = job(1, 5), job(2, 6)
+    together.sent([h, k])
+    assert h.t_arrive == k.t_arrive == pytest.approx(2 * s)
 
 
 def test_the_wall_clock_numbers_arrivals_and_counts_dropped_work_when_it_comes():
@@ -204,7 +207,7 @@ class FakeWorkers:
         self.sched.replied(result(worker, self.durations(worker), samples=batch, version=version, batch=batch))
 
     def create(self, worker, version=0, batch=4, preemptible=False):
-        self.sched.create(Assignment(worker, batch, preemptible), None, version)
+        self.sched.create([Assignment(worker, batch, preemptible)], None, version)
 
 
 def test_simulated_events_come_in_completion_order_whatever_the_arrival_order():

@@ -52,7 +52,7 @@ class Clock:
         self.paused += seconds
 
     # What the cost model charges (CostClock); nothing in the other clocks.
-    def sent(self, job) -> None:
+    def sent(self, jobs: list) -> None:
         pass
 
     def charge_update(self, n_params: int) -> None:
@@ -164,10 +164,10 @@ class CostClock(SimulatedClock):
       blocks, as hpcsgd.placement puts them) have one full-duplex link of
       ``link_gbit``.  A message of S bytes occupies the sender's outgoing link and the
       receiver's incoming one for S / rate each (cut-through: the second may start when
-      the first does), then ``latency`` s; messages queue for each link in the order
-      they are sent.  A job leaves when the master has sent it; a result leaves when its
-      computation ends, and the results of one master enter its link in the order their
-      computations end (the order events are taken in).
+      the first does), then ``latency`` s.  The jobs the master sends together share its
+      link and arrive together, when the last of them has crossed (``sent``); results
+      leave when their computations end and queue for the links in that order (the
+      order events are taken in).
     - A job's computation takes its drawn delay plus ``worker_job + worker_per_sample_param
       * batch * d`` s, and starts once the job has arrived and the worker is free.
 
@@ -210,9 +210,28 @@ class CostClock(SimulatedClock):
     def _message(self, params: int) -> float:
         return self.cost["master_message"] + self.cost["master_message_per_param"] * params
 
-    def sent(self, job) -> None:
-        leaves = self._master(self.sim_now, self._message(self.d))
-        job.t_arrive = self._transfer(leaves, self.job_bytes, 0, self.host[job.worker])
+    def sent(self, jobs: list) -> None:
+        """Jobs created together leave together: the master sends them one after another,
+        and its link shares its rate among them (TCP flows do; measured here: a sync
+        round's parameters reach every worker at about the same time, M * 8d / rate
+        after the first left), so every one arrives when the batch's last byte has
+        crossed: on the master's link, and on each worker host's for its share."""
+        if not jobs:
+            return
+        s = self.job_bytes * self.per_byte
+        leaves = [self._master(self.sim_now, self._message(self.d)) for _ in jobs]
+        start = max(leaves[0], self.out_free[0])
+        end = max(start + s * len(jobs), leaves[-1] + s)
+        self.out_free[0] = end
+        share: dict[int, int] = {}
+        for job in jobs:
+            share[self.host[job.worker]] = share.get(self.host[job.worker], 0) + 1
+        done = {}
+        for h, n in share.items():
+            begin = max(start, self.in_free[h])
+            done[h] = self.in_free[h] = max(begin + s * n, end)
+        for job in jobs:
+            job.t_arrive = done[self.host[job.worker]] + self.latency
 
     def arrived(self, job, result) -> tuple[tuple | None, int, int]:
         w = job.worker

@@ -127,8 +127,8 @@ class Engine:
             while not self.stop_reason:
                 t0 = time.perf_counter()
                 pending, self.pending = self.pending, []
-                for a in pending:
-                    self.scheduler.create(a, self.params, self.version)
+                if pending:
+                    self.scheduler.create(pending, self.params, self.version)
                 self.method.flush(self)
                 t1 = time.perf_counter()
                 self._wait(self.scheduler.event_ready, "a result", self.backoff)

@@ -144,20 +144,25 @@ class Scheduler:
         self.turnaround = [0.0] * (M + 1)   # smoothed send-to-reply seconds
 
     # ---------------------------------------------------------------- creating jobs
-    def create(self, a: Assignment, params: np.ndarray, version: int) -> None:
-        """A job at (params, version) for ``a.worker``, queued behind its others; sent now
-        if its worker has room, else held."""
+    def create(self, assignments: list[Assignment], params: np.ndarray, version: int) -> None:
+        """Jobs at (params, version), each queued behind its worker's others; sent now if
+        its worker has room, else held.  The clock learns them as one batch: they leave
+        the master together."""
+        jobs = [self._create(a, params, version) for a in assignments]
+        self.clock.sent(jobs)
+        for job in jobs:
+            if self._first_running(job.worker) is job:
+                self._track(job.worker)
+
+    def _create(self, a: Assignment, params: np.ndarray, version: int) -> Job:
         worker = a.worker
         undo = self.mirror.position(worker)
         batch = self.mirror.take(worker, a.batch)
         buf = self.message(params, version, batch, a.preemptible)
         job = Job(worker, self.seq, version, batch, a.preemptible, t_assign=self.clock.now(), undo=undo)
-        self.clock.sent(job)
         self.seq += 1
         self.jobs[worker].append(job)
         self.load.messages += 1
-        if self._first_running(worker) is job:
-            self._track(worker)
         if self.unanswered[worker] < SEND_WINDOW and not self.held[worker]:
             self.send(worker, buf)
             job.sent_at = time.monotonic()
@@ -165,6 +170,7 @@ class Scheduler:
         else:
             job.buf = buf
             self.held[worker] += 1
+        return job
 
     def _send_held(self, worker: int) -> None:
         """Send the worker's held jobs, oldest first, while it has room."""
