@@ -275,6 +275,9 @@ class CostClock(SimulatedClock):
 
 
 COST_COLUMNS = {"wait_link": float, "wait_master": float}  # the trace columns a CostClock adds
+# the [cluster] keys of the master's and the workers' own seconds (scripts/calibrate measures them)
+CALIBRATED = ("master_update", "master_per_param", "master_message", "master_message_per_param", "worker_job",
+              "worker_per_sample_param")
 
 
 def make_clock(kind: str, n_workers: int, cost: dict | None = None, d: int = 0, headers: tuple[int, int] = (0, 0)
