@@ -224,22 +224,25 @@ def test_the_registry_refuses_what_would_be_a_second_declaration():
 
 # ---------------------------------------------------------------------- the registered methods
 
-def _golden_kinds() -> dict[str, str]:
-    """Golden run name -> its method.kind."""
+def _golden_kinds() -> dict[str, tuple[str, bool]]:
+    """Golden run name -> its method.kind, and whether it runs the cost model."""
     out = {}
     for name, settings in runs(2).items():
         kind, = [s.split("=", 1)[1].strip("'") for s in settings if s.startswith("method.kind=")]
-        out[name] = kind
+        out[name] = kind, "cluster.cost=true" in settings
     return out
 
 
 @pytest.mark.parametrize("name, kind", sorted(_golden_kinds().items()))
 def test_declared_extras_are_the_columns_and_dtypes_stored_traces_have(name, kind):
+    from hpcsgd.engine.clock import COST_COLUMNS
+    kind, costs = kind
     path = GOLDEN / f"M2-{name}.npz"
     with np.load(path, allow_pickle=False) as stored:
         extras = {k.split("/", 1)[1]: stored[k].dtype for k in stored.files
                   if k.startswith("trace/") and k.split("/", 1)[1] not in TRACE_COLUMNS}
-    assert extras == {col: np.dtype(dt) for col, dt in trace_extras(kind).items()}
+    declared = {**trace_extras(kind), **(COST_COLUMNS if costs else {})}  # the cost model adds its own
+    assert extras == {col: np.dtype(dt) for col, dt in declared.items()}
 
 
 def _settings(spec) -> list[str]:
