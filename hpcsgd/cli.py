@@ -139,18 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         if not parallel:
             raise
-        import time
         import traceback
         from mpi4py import MPI
+        from hpcsgd.comm import abort
         rank = MPI.COMM_WORLD.Get_rank()
         exc = sys.exc_info()[1]
-        sys.stderr.write(f"hpcsgd: rank {rank} failed: {type(exc).__name__}: {exc}\n"
-                         + "".join(traceback.format_exc()))
-        sys.stderr.flush()
-        time.sleep(0.5)  # let mpiexec forward the message before the job is torn down
         # One rank's failure must end the job, not leave the others waiting forever.
         status = 1  # if Abort returns before the job is torn down, still exit non-zero
-        MPI.COMM_WORLD.Abort(1)
+        abort(MPI.COMM_WORLD, f"hpcsgd: rank {rank} failed: {type(exc).__name__}: {exc}\n"
+              + "".join(traceback.format_exc()), 1)
     if argv is None:
         sys.exit(status)
     return status

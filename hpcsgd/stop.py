@@ -14,7 +14,6 @@ atomic).
 from __future__ import annotations
 
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -47,9 +46,9 @@ class StopRequest:
         name = signal.Signals(signum).name
         if self.reason:
             from mpi4py import MPI
-            sys.stderr.write(f"hpcsgd: second signal ({name}): aborting the job without a new checkpoint\n")
-            sys.stderr.flush()
-            MPI.COMM_WORLD.Abort(128 + signum)
+            from hpcsgd.comm import abort
+            abort(MPI.COMM_WORLD, f"hpcsgd: second signal ({name}): aborting the job without a new checkpoint",
+                  128 + signum)
         self.reason = name
 
     def check(self) -> str:

@@ -323,12 +323,8 @@ class Engine:
         checkpoint is intact, then end every rank (a frozen one cannot leave by itself)."""
         who = self.watch.describe(exc.workers) if exc.workers else "no worker"
         resume = f"; resume with: hpcsgd resume {self.run_dir}" if self.last_checkpoint else ""
-        sys.stdout.flush()
-        sys.stderr.write(f"hpcsgd: error: no reply from {who}: {exc}; no new checkpoint, "
-                         f"{self.last_checkpoint_text()}{resume}\n")
-        sys.stderr.flush()
-        time.sleep(0.5)  # let mpiexec forward the line before the job is torn down
-        self.comm.Abort(exc.exit_code)
+        C.abort(self.comm, f"hpcsgd: error: no reply from {who}: {exc}; no new checkpoint, "
+                           f"{self.last_checkpoint_text()}{resume}", exc.exit_code)
 
     def release_workers(self, status: int) -> None:
         """Drop jobs never sent, receive and discard whatever is still in flight so that
