@@ -97,13 +97,12 @@ def test_a_frozen_worker_does_not_stop_what_can_go_on(tmp_path, method):
     load_checkpoint(out)
 
 
-def frozen_sync_job(tmp_path: Path, setting: str, signal_after: float | None = None):
-    """A sync job whose worker 2 freezes after its first checkpoint (optionally SIGTERM
-    to mpiexec ``signal_after`` s later); returns (exit status, output, seconds from the
-    freeze or the signal to the end, checkpoints before, the job's error line)."""
-    cfg = wall_job(tmp_path, kind='"sync"')
-    out = tmp_path / "run"
-    lines = Lines(start(cfg, out, setting, "run.max_seconds=60", n=5))
+def until_the_watchdog(cfg: Path, out: Path, settings: tuple[str, ...], signal_after: float | None = None):
+    """Start the job on 5 ranks, freeze worker 2 after the first checkpoint (and, with
+    ``signal_after``, SIGTERM mpiexec that many seconds later), and wait for it to end
+    with exit 4; returns (seconds from the freeze or the signal to the end, the
+    checkpoints before, the job's error line)."""
+    lines = Lines(start(cfg, out, *settings, n=5))
     lines.wait_for("[hpcsgd] update", timeout=60)
     first_checkpoint(out)
     pid = freeze(lines.proc, FROZEN)
@@ -120,6 +119,16 @@ def frozen_sync_job(tmp_path: Path, setting: str, signal_after: float | None = N
     took = time.monotonic() - since
     line = next((x for x in text.splitlines() if x.startswith("hpcsgd: error")), "")
     assert rc == 4 and 3.0 <= took < 15.0, f"exit {rc} after {took:.1f} s:\n{text}"
+    return took, before, line
+
+
+def frozen_sync_job(tmp_path: Path, setting: str, signal_after: float | None = None):
+    """A sync job ended by its frozen worker 2: the error line names the worker and the
+    intact checkpoint, no checkpoint appeared or vanished; returns (seconds to the end,
+    the error line)."""
+    out = tmp_path / "run"
+    took, before, line = until_the_watchdog(wall_job(tmp_path, kind='"sync"'), out,
+                                            (setting, "run.max_seconds=60"), signal_after)
     assert f"no reply from worker {FROZEN} (host {socket.gethostname()}" in line, line
     assert [p.name for p in list_checkpoints(out)] == before, "no checkpoint may appear or vanish"
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
@@ -143,18 +152,6 @@ def test_a_stop_request_while_the_master_waits_in_vain_ends_with_the_last_checkp
 def test_an_epochs_rule_that_a_frozen_worker_blocks_ends_at_the_watchdog(tmp_path):
     """fastest_k goes on without the frozen worker, but run.epochs counts the slowest
     worker's passes: with no other stopping rule the run could never end."""
-    cfg = wall_job(tmp_path, k=3)
-    out = tmp_path / "run"
-    lines = Lines(start(cfg, out, "run.max_seconds=0", "run.epochs=100000", "run.worker_timeout=3", n=5))
-    lines.wait_for("[hpcsgd] update", timeout=60)
-    first_checkpoint(out)
-    pid = freeze(lines.proc, FROZEN)
-    since = time.monotonic()
-    try:
-        rc, text = lines.finish(timeout=60)
-    finally:
-        thaw(pid)
-    took = time.monotonic() - since
-    line = next((x for x in text.splitlines() if x.startswith("hpcsgd: error")), "")
-    assert rc == 4 and 3.0 <= took < 15.0, f"exit {rc} after {took:.1f} s:\n{text}"
+    _, _, line = until_the_watchdog(wall_job(tmp_path, k=3), tmp_path / "run",
+                                    ("run.max_seconds=0", "run.epochs=100000", "run.worker_timeout=3"))
     assert f"no reply from worker {FROZEN}" in line and "run.epochs = 100000 is the only stopping rule" in line, line
