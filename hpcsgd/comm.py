@@ -152,6 +152,20 @@ def bcast_text(comm: MPI.Comm, text: str | None, root: int = 0) -> str:
     return buf.tobytes().decode()
 
 
+def gather_text(comm: MPI.Comm, text: str, root: int = 0) -> list[str] | None:
+    """Every rank's ``text``, in rank order, on ``root`` (None elsewhere); buffers, no pickle."""
+    data = np.frombuffer(text.encode(), dtype=np.uint8)
+    sizes = np.empty(comm.Get_size(), dtype=np.int64) if comm.Get_rank() == root else None
+    comm.Gather(np.array([data.size], dtype=np.int64), sizes, root=root)
+    if comm.Get_rank() != root:
+        comm.Gatherv(data, None, root=root)
+        return None
+    buf = np.empty(int(sizes.sum()), dtype=np.uint8)
+    comm.Gatherv(data, (buf, sizes), root=root)
+    ends = np.cumsum(sizes)
+    return [buf[e - s:e].tobytes().decode() for s, e in zip(sizes.tolist(), ends.tolist())]
+
+
 def first_error(comm: MPI.Comm, message: str | None) -> str | None:
     """Collective: every rank learns the first error any rank hit (lowest rank wins).
 

@@ -135,7 +135,9 @@ def _estimate_L(comm: MPI.Comm, model, workers: WorkerMap, local: dict | None) -
                         f"give method.L or method.gamma_prime")
     p = model.n_features
     shards = [] if local is None else [local[j][0] for j in sorted(local)]
-    n = comm.allreduce(sum(X.shape[0] for X in shards))
+    rows = np.array([sum(X.shape[0] for X in shards)], dtype=np.int64)
+    comm.Allreduce(MPI.IN_PLACE, rows)
+    n = int(rows[0])
     root = comm.Get_rank() == 0
     counts = [0] + [len(workers.hosted(r)) * (p + 1) for r in range(1, workers.R + 1)]
     every = np.empty((workers.M, p + 1)) if root else None
@@ -211,7 +213,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     C.fine_timer_slack()
     model, sizes, local, rows = _collective(comm, _setup, comm, cfg, workers)
     _on_root(comm, _check_same_data, resume_tree, resume_path, rows, model.dim, allow_data_change)
-    rank_hosts = comm.gather(MPI.Get_processor_name(), root=0)  # names the silent ones, if any
+    rank_hosts = C.gather_text(comm, MPI.Get_processor_name())  # names the silent ones, if any
     M = workers.M
     if cfg["run"]["eval_every"] == 0 and not cfg["run"]["eval_seconds"]:
         cfg["run"]["eval_every"] = _default_eval_every(cfg, sizes, M)
