@@ -208,7 +208,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     cfg = from_json(C.bcast_text(comm, to_json(cfg) if rank == 0 else None))
     _collective(comm, _check_slurm, comm)
     _on_root(comm, _check_resumable, resume_tree, cfg, comm.Get_size(), resume_path)
-    workers = _collective(comm, _worker_map, cfg, comm.Get_size() - 1)
+    workers = _collective(comm, _worker_map, comm, cfg)
     _threads(cfg)
     C.fine_timer_slack()
     model, sizes, local, rows = _collective(comm, _setup, comm, cfg, workers)
@@ -246,10 +246,11 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
                                  for slot, j in enumerate(hosted)]).run()
 
 
-def _worker_map(cfg: dict, ranks: int) -> WorkerMap:
+def _worker_map(comm: MPI.Comm, cfg: dict) -> WorkerMap:
+    ranks = comm.Get_size() - 1
     workers = WorkerMap(resolve_workers(cfg, ranks), ranks)
     most = workers.most_hosted()
-    if T.slot_tag(T.TAG_STRIDE - 1, most - 1) > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):
+    if T.slot_tag(T.TAG_STRIDE - 1, most - 1) > comm.Get_attr(MPI.TAG_UB):
         raise UserError(f"config: run.workers = {workers.M} puts {most} workers on a rank, more than this MPI's "
                         f"message tags can name; use more ranks")
     return workers

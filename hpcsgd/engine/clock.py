@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -223,9 +224,7 @@ class CostClock(SimulatedClock):
         start = max(leaves[0], self.out_free[0])
         end = max(start + s * len(jobs), leaves[-1] + s)
         self.out_free[0] = end
-        share: dict[int, int] = {}
-        for job in jobs:
-            share[self.host[job.worker]] = share.get(self.host[job.worker], 0) + 1
+        share = Counter(self.host[job.worker] for job in jobs)  # jobs per destination host
         done = {}
         for h, n in share.items():
             begin = max(start, self.in_free[h])
