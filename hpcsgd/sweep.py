@@ -24,7 +24,6 @@ import argparse
 import itertools
 import json
 import math
-import os
 import re
 import shutil
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcsgd import comm as C
 from hpcsgd.config import SCHEMA
 from hpcsgd.errors import UserError
 from hpcsgd.methods import registry
@@ -233,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() - current["since"] > POINT_SECONDS:
                 log({"point": current["index"], "outcome": "failed",
                      "message": f"hang: no end after {POINT_SECONDS:g} s"})
-                os.write(2, f"sweep: point {current['index']} hangs; aborting\n".encode())
-                comm.Abort(1)
+                C.abort(comm, f"sweep: point {current['index']} hangs; aborting", 1)
 
     if rank == 0:
         (args.base / "sweep.toml").write_text("# the sweep's points set every key they need with --set\n")
@@ -250,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"point": index, "settings": overrides, "outcome": "failed", "rank": rank,
                      "message": f"traceback on rank {rank}: {type(exc).__name__}: {exc}", "traceback": detail}
             log(entry)
-            os.write(2, f"sweep: point {index} raised on rank {rank}; aborting\n{detail}\n".encode())
-            comm.Abort(1)
+            C.abort(comm, f"sweep: point {index} raised on rank {rank}; aborting\n{detail}", 1)
         current["since"] = math.inf
         if rank == 0:
             log(result)
