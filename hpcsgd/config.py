@@ -47,6 +47,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "workers": Key(0, int, "workers M (0 = one per worker rank, mpiexec -n M+1); more workers than worker "
                        "ranks are virtual workers, several on a rank, each with its own shard, order, streams and "
                        "queue, the run bit-identical to one rank per worker (needs clock = simulated)", minimum=0),
+        "servers": Key(1, int, "parameter servers S: rank 0 and the job's last S - 1 ranks each own a contiguous "
+                       "slice of the parameters and of the method's per-parameter state, the run bit-identical "
+                       "to S = 1 (mpiexec -n R + S for R worker ranks; S > 1 needs clock = simulated and "
+                       "method.kind sync, fastest_k, async, piag or gsgm)", minimum=1, maximum=1024),
         "clock": Key("wall", str, "wall (real time, real sleeps) or simulated (reproducible event order; "
                      "time advances only by the injected delays)", choices=("wall", "simulated"),
                      does={"simulated": "takes iteration times from the delay model",
@@ -475,6 +479,32 @@ def check_world(cfg: dict, n_workers: int) -> None:
                         "workers); launch with: mpiexec -n M+1 hpcsgd train CONFIG.toml")
 
 
+def resolve_servers(cfg: dict, world: int) -> int:
+    """The number of parameter servers S; refuses what several servers cannot run yet."""
+    S = cfg["run"]["servers"]
+    if S == 1:
+        return 1
+    why = ""
+    kind, order = cfg["method"]["kind"], cfg["order"]["kind"]
+    spec = registry.spec(kind)
+    if cfg["run"]["clock"] != "simulated":
+        why = "needs run.clock = 'simulated' (several servers in the wall clock are not built yet)"
+    elif cfg["cluster"]["cost"]:
+        why = "cannot be priced by the cost model yet (cluster.cost = true models one master's link)"
+    elif spec is None or not spec.shards:
+        names = ", ".join(repr(k) for k in registry.kinds() if registry.spec(k).shards)
+        why = (f"cannot run method.kind = {kind!r} yet: its decisions need the whole model "
+               f"(servers run {names})")
+    elif ORDERINGS[order].coordinated:
+        why = f"cannot run order.kind = {order!r} yet: its sign pass needs whole pair differences at rank 0"
+    elif world - S < 1:
+        why = (f"needs at least {S + 1} MPI ranks (rank 0, {S - 1} more servers, a worker rank); "
+               f"this job has {world}")
+    if why:
+        raise UserError(f"config: run.servers = {S} {why}")
+    return S
+
+
 def resolve_workers(cfg: dict, ranks: int) -> int:
     """The number of workers M from ``run.workers`` and the job's ``ranks`` worker
     ranks; the config then names M (so that a resume on other ranks keeps it)."""
@@ -581,6 +611,7 @@ RESUMABLE_KEYS = {
     ("run", "epochs"), ("run", "max_updates"), ("run", "max_seconds"), ("run", "checkpoint_every"),
     ("run", "keep_checkpoints"), ("run", "progress_every"), ("run", "threads"),
     ("run", "worker_timeout"), ("run", "stop_timeout"), ("run", "out"), ("data", "dir"),
+    ("run", "servers"),  # the trajectory is the same bits with any number of servers
 }
 
 

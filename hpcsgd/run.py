@@ -18,14 +18,16 @@ from mpi4py import MPI
 from hpcsgd import checkpoint
 from hpcsgd import comm as C
 from hpcsgd import transport as T
-from hpcsgd.config import (check_layout, from_json, load_config_checked, resolve_workers, resume_config_checked,
-                           to_json)
+from hpcsgd.config import (check_layout, from_json, load_config_checked, resolve_servers, resolve_workers,
+                           resume_config_checked, to_json)
 from hpcsgd.data import dataset_fingerprint, open_dataset, partition, read_labels, read_rows, split_even
 from hpcsgd.errors import UserError
 from hpcsgd.kernels import optim
 from hpcsgd.lock import RunLock
 from hpcsgd.engine import layout
+from hpcsgd.engine import servers
 from hpcsgd.engine.master import Engine
+from hpcsgd.engine.servers import ParamSlices, Servers
 from hpcsgd.methods import make_method, needs_L, trace_extras
 from hpcsgd.models import make_model
 from hpcsgd.ordering import ORDERINGS, EpochCursor, make_ordering
@@ -116,7 +118,7 @@ def _setup(comm: MPI.Comm, cfg: dict, workers: WorkerMap):
         sizes = [min(sizes)] * M
     check_layout(cfg, M, sizes, model.dim)
     local = None
-    if rank > 0:
+    if 0 < rank <= workers.R:  # a worker rank (parameter servers hold no rows)
         tests = split_even(info.n_test, M)
         local = {j: (*read_rows(info, "train", parts[j - 1]), *read_rows(info, "test", tests[j - 1]))
                  for j in workers.hosted(rank)}
@@ -140,6 +142,7 @@ def _estimate_L(comm: MPI.Comm, model, workers: WorkerMap, local: dict | None) -
     n = int(rows[0])
     root = comm.Get_rank() == 0
     counts = [0] + [len(workers.hosted(r)) * (p + 1) for r in range(1, workers.R + 1)]
+    counts += [0] * (comm.Get_size() - len(counts))  # parameter servers but rank 0
     every = np.empty((workers.M, p + 1)) if root else None
     v = np.full(p + 1, 1.0 / math.sqrt(p + 1))
     lam = 0.0
@@ -207,12 +210,15 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         cfg["run"]["workers"] = int(resume_tree["world_size"]) - 1  # a checkpoint from before run.workers
     cfg = from_json(C.bcast_text(comm, to_json(cfg) if rank == 0 else None))
     _collective(comm, _check_slurm, comm)
-    _on_root(comm, _check_resumable, resume_tree, cfg, comm.Get_size(), resume_path)
+    S = _collective(comm, resolve_servers, cfg, comm.Get_size())
+    _on_root(comm, _check_resumable, resume_tree, cfg, comm.Get_size() - (S - 1), resume_path)
     workers = _collective(comm, _worker_map, comm, cfg)
+    fresh = C.bcast_text(comm, "fresh" if resume_tree is None else "resume") == "fresh"
     _threads(cfg)
     C.fine_timer_slack()
     model, sizes, local, rows = _collective(comm, _setup, comm, cfg, workers)
     _on_root(comm, _check_same_data, resume_tree, resume_path, rows, model.dim, allow_data_change)
+    slices = _collective(comm, _param_slices, cfg, model.dim, comm.Get_size()) if S > 1 else None
     rank_hosts = C.gather_text(comm, MPI.Get_processor_name())  # names the silent ones, if any
     M = workers.M
     if cfg["run"]["eval_every"] == 0 and not cfg["run"]["eval_seconds"]:
@@ -232,22 +238,48 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
         _on_root(comm, _open_run_dir, lock, resume_tree is None)
         try:
             return _run_engine(comm, cfg, model, sizes, rows, workers, rank_hosts, run_dir, resume_tree,
-                               resume_path, quiet)
+                               resume_path, quiet, slices)
         finally:
             lock.release()
 
     _on_root(comm, lambda: None)  # rank 0 prepares the run directory
+    if slices is not None and slices.server_of(rank) is not None:
+        return _follow(comm, cfg, model, sizes, workers, slices, slices.server_of(rank), fresh)
     kind, batch = cfg["order"]["kind"], cfg["order"]["batch"]
     hosted = workers.hosted(rank)
-    link = T.WorkerTransport(comm, model.dim, batch, ORDERINGS[kind].pair_differences(batch), len(hosted))
+    others = [(slices.ranks[s], slices.of(s)) for s in slices.followers()] if slices else ()
+    link = T.WorkerTransport(comm, model.dim, batch, ORDERINGS[kind].pair_differences(batch), len(hosted),
+                             servers=others)
     grads = np.empty((batch, model.dim)) if ORDERINGS[kind].per_example else None
     with StopRequest() as stop:
         return WorkerRank(link, [_worker(cfg, j, slot, link, model, local[j], sizes[j - 1], stop, grads)
                                  for slot, j in enumerate(hosted)]).run()
 
 
+def _param_slices(cfg: dict, dim: int, world: int) -> ParamSlices:
+    S = cfg["run"]["servers"]
+    if S > dim:
+        raise UserError(f"config: run.servers = {S} is more servers than the model's {dim} parameters")
+    return ParamSlices(dim, S, world)
+
+
+def _follow(comm: MPI.Comm, cfg: dict, model, sizes: list[int], workers: WorkerMap, slices: ParamSlices,
+            server: int, fresh: bool) -> int:
+    """A parameter server other than rank 0: the same engine and method on its slice
+    of the model, following rank 0 (hpcsgd.engine.servers)."""
+    dim = slices.size(server)
+    method = make_method(cfg, sizes, dim, cfg["method"]["L"])
+    with StopRequest() as stop:  # a signal is rank 0's to act on; this rank only must not die of it
+        engine = Engine(comm, cfg, model, sizes, method, Path(cfg["run"]["out"]), stop, workers,
+                        trace_extras=trace_extras(cfg["method"]["kind"]), quiet=True, dim=dim, follower=True)
+        tree = servers.receive_start(comm, engine, fresh)
+        if tree is not None:
+            layout.restore_engine(engine, tree)
+        return servers.follow(engine, comm, fresh)
+
+
 def _worker_map(comm: MPI.Comm, cfg: dict) -> WorkerMap:
-    ranks = comm.Get_size() - 1
+    ranks = comm.Get_size() - cfg["run"]["servers"]
     workers = WorkerMap(resolve_workers(cfg, ranks), ranks)
     most = workers.most_hosted()
     if T.slot_tag(T.TAG_STRIDE - 1, most - 1) > comm.Get_attr(MPI.TAG_UB):
@@ -270,22 +302,27 @@ def _worker(cfg: dict, j: int, slot: int, link: T.WorkerTransport, model, rows: 
 
 def _run_engine(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, workers: WorkerMap,
                 rank_hosts: list[str], run_dir: Path, resume_tree: dict | None, resume_path: Path | None,
-                quiet: bool) -> int:
+                quiet: bool, slices: ParamSlices | None) -> int:
     """Rank 0 once the run directory is locked: build the engine, load or initialise
     the model, and run."""
     M = workers.M
     hosts = [rank_hosts[0]] + [rank_hosts[workers.rank(j)] for j in range(1, M + 1)]
-    method = make_method(cfg, sizes, model.dim, cfg["method"]["L"])
+    dim = slices.size(0) if slices else model.dim
+    method = make_method(cfg, sizes, dim, cfg["method"]["L"])
     # The engine posts its receives when built: only after the last set-up check.
     # A STOP file already there counts: the batch shell may write it while the job
     # starts up (hpcsgd-job.sh); the stop that honours it removes it.
     stop = StopRequest(run_dir)
     engine = Engine(comm, cfg, model, sizes, method, run_dir, stop, workers, hosts=hosts,
                     trace_extras=trace_extras(cfg["method"]["kind"]), test_rows=rows["test_rows"],
-                    data_fingerprint=rows["fingerprint"], quiet=quiet)
+                    data_fingerprint=rows["fingerprint"], quiet=quiet, dim=dim,
+                    servers=Servers(comm, slices) if slices else None)
     if resume_tree is None:
         init_rng = make_stream(cfg["run"]["seed"], 0, streams.INIT)
-        engine.params[:] = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
+        params = model.init_params(init_rng, cfg["model"]["init"], cfg["model"]["init_scale"])
+        engine.params[:] = params[:dim]
+        if slices:
+            engine.servers.start(params)
     else:
         engine.resume_from(resume_tree, resume_path)
     if not quiet:
@@ -297,6 +334,9 @@ def _run_engine(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, 
                   f"(up to {workers.most_hosted()} a rank)", flush=True)
         if len(set(hosts)) > 1:
             print(f"[hpcsgd] {len(set(hosts))} hosts: {describe(hosts)}", flush=True)
+        if slices:
+            print(f"[hpcsgd] parameter servers: {slices.S} (ranks {', '.join(map(str, slices.ranks))}), "
+                  f"{slices.size(slices.S - 1)}-{slices.size(0)} parameters each", flush=True)
         visited = sum(sizes)
         if visited < rows["train_rows"]:
             print(f"[hpcsgd] order.kind = {cfg['order']['kind']!r} needs equal shards: training visits "

@@ -290,12 +290,13 @@ class MasterTransport:
     def request_eval(self, params: np.ndarray, version: int) -> list[MPI.Request]:
         """Send the model to every worker rank for evaluation; the replies' receives,
         one per rank (its rows: one per hosted worker, in worker order)."""
-        buf = _header(version, d=self.d)
+        d = params.size  # the whole model, also where servers own slices of it
+        buf = _header(version, d=d)
         buf[JOB_HEADER:] = params
         for r in self.ranks:
             self._send(buf, r, TAG_EVAL)
         if self.eval_bufs is None:
-            self.eval_bufs = np.empty((self.M, EVAL_HEADER + self.d))
+            self.eval_bufs = np.empty((self.M, EVAL_HEADER + d))
         hosted = self.map.hosted
         return [self.comm.Irecv(self.eval_bufs[hosted(r).start - 1:hosted(r).stop - 1], source=r,
                                 tag=TAG_EVAL_RESULT) for r in self.ranks]
@@ -314,6 +315,10 @@ class MasterTransport:
         complete every send."""
         for r in self.ranks:
             self._send(_header(version, flags=status), r, TAG_RELEASE)
+        self.close()
+
+    def close(self) -> None:
+        """Cancel the receives and complete every send (a follower server's end)."""
         for req in self.recvs:
             req.Cancel()
         MPI.Request.Waitall(self.recvs)
@@ -327,13 +332,21 @@ class WorkerTransport:
     messages in the order they were sent and answers with blocking sends (rank 0 always
     has a receive posted for it)."""
 
-    def __init__(self, comm: MPI.Comm, d: int, batch: int, pair_differences: int, hosted: int = 1):
+    def __init__(self, comm: MPI.Comm, d: int, batch: int, pair_differences: int, hosted: int = 1,
+                 servers: Sequence[tuple[int, slice]] = ()):
+        """``servers``: (rank, slice of the parameters) of every parameter server but rank
+        0 (``run.servers``): a job's model comes in slices, rank 0's with the header,
+        and each server gets its slice of the gradient."""
         self.comm = comm
         self.d = d
         self.inbox = np.empty(JOB_HEADER + max(d, batch))  # a job, or up to B/2 signs
         self.params = self.inbox[JOB_HEADER:JOB_HEADER + d]  # the model of a job or evaluation
         self.out = np.empty(result_length(d, pair_differences))
         self.grad = self.out[RESULT_HEADER:RESULT_HEADER + d]  # where the mean gradient goes
+        self.servers = list(servers)
+        self.own = slice(0, servers[0][1].start) if servers else slice(0, d)  # rank 0's slice
+        self.slice_in = [np.empty(JOB_HEADER + part.stop - part.start) for _, part in self.servers]
+        self.slice_out = [np.empty(RESULT_HEADER + part.stop - part.start) for _, part in self.servers]
         self.eval_out = np.empty((hosted, EVAL_HEADER + d))   # a row per hosted worker
         self.status = MPI.Status()
         self.backoff = C.Backoff()
@@ -345,7 +358,14 @@ class WorkerTransport:
         self.backoff.done()
         tag = self.status.Get_tag()
         self.comm.Recv(self.inbox, source=0, tag=tag)
-        return tag_kind(tag)
+        kind = tag_kind(tag)
+        if kind[0] == TAG_JOB:
+            version = self.inbox[J_VERSION]
+            for (rank, part), buf in zip(self.servers, self.slice_in):
+                self.comm.Recv(buf, source=rank, tag=tag)
+                assert buf[J_VERSION] == version, f"server rank {rank} sent v{buf[J_VERSION]} for v{version}"
+                self.params[part] = buf[JOB_HEADER:]
+        return kind
 
     def newer_waiting(self) -> bool:
         """The master has sent something newer than the message being handled."""
@@ -373,8 +393,13 @@ class WorkerTransport:
         never used) the gradient in ``grad`` and ``pairs`` differences in ``pair_slot``."""
         pack_result(self.out, worker, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
                     abandoned, pairs, epoch, stop)
-        n = RESULT_HEADER if abandoned else RESULT_HEADER + self.d * (1 + pairs)
+        n = RESULT_HEADER if abandoned else RESULT_HEADER + self.own.stop + self.d * pairs
         self.comm.Send(self.out[:n], dest=0, tag=TAG_RESULT)
+        for (rank, part), buf in zip(self.servers, self.slice_out):
+            buf[:RESULT_HEADER] = self.out[:RESULT_HEADER]
+            if not abandoned:
+                buf[RESULT_HEADER:] = self.grad[part]
+            self.comm.Send(buf[:RESULT_HEADER] if abandoned else buf, dest=rank, tag=TAG_RESULT)
 
     def eval_grad(self, slot: int) -> np.ndarray:
         """Where the train gradient sum of the worker in ``slot`` goes."""

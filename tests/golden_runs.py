@@ -72,6 +72,21 @@ def runs(M: int) -> dict[str, tuple[str, ...]]:
     }
 
 
+def runs_with_servers(M: int) -> dict[str, tuple[str, ...]]:
+    """The runs parameter servers can make (``config.resolve_servers``): the rest need
+    the whole model at rank 0 or the cost model."""
+    from hpcsgd.config import resolve, resolve_servers
+    from hpcsgd.errors import UserError
+    out = {}
+    for name, settings in runs(M).items():
+        try:
+            resolve_servers(resolve({}, [*BASE, *settings, "run.servers=2"]), 3)
+        except UserError:
+            continue
+        out[name] = settings
+    return out
+
+
 def golden_file(M: int, name: str) -> Path:
     return GOLDEN / f"M{M}-{name}.npz"
 
@@ -111,14 +126,16 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="M workers (default: one per worker rank)")
     ap.add_argument("--out", type=Path, help="write the .npz files here instead of tests/golden")
     ap.add_argument("--only", action="append", help="this run only (repeatable)")
+    ap.add_argument("--servers", type=int, default=1, help="S parameter servers (the runs they can make)")
     args = ap.parse_args()
-    M = args.workers or comm.Get_size() - 1
+    M = args.workers or comm.Get_size() - args.servers
     virtual = (f"run.workers={M}",) if args.workers else ()
+    virtual += (f"run.servers={args.servers}",) if args.servers > 1 else ()
     data_dir = args.data_dir.resolve()
     base = Path(bcast_text(comm, tempfile.mkdtemp(prefix="golden-") if comm.Get_rank() == 0 else None))
     out_dir = args.out or GOLDEN
     out_dir.mkdir(exist_ok=True)
-    for name, settings in runs(M).items():
+    for name, settings in (runs_with_servers(M) if args.servers > 1 else runs(M)).items():
         if args.only and name not in args.only:
             continue
         result = train(comm, data_dir, base / name, (*settings, *virtual))

@@ -6,6 +6,10 @@ worker's result), let the method decide whether to update the model and which jo
 create next, then trace, evaluate, checkpoint and check the stopping rules between
 updates.  Every wait goes through ``_wait``: it keeps receiving whatever arrives and
 lets ``Watch`` end the job when a stop request or a silent worker cannot be waited out.
+
+With parameter servers (``run.servers``, hpcsgd.engine.servers) the same engine runs on
+every server, each on its slice of the model; this one, on rank 0, also tells the
+others what it does (``Servers``) and evaluates and checkpoints the whole model.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from hpcsgd.engine.interface import Assignment
 from hpcsgd.engine.params import ParameterState
 from hpcsgd.engine.recorder import Recorder
 from hpcsgd.engine.scheduler import Scheduler
+from hpcsgd.engine.servers import Servers, cut_tree, join_trees
 from hpcsgd.engine.watch import Watch
 from hpcsgd.errors import CheckpointWriteError, DivergenceError, WorkerSilentError
 from hpcsgd.ordering import ORDERINGS
@@ -41,25 +46,30 @@ class Engine:
     def __init__(self, comm: MPI.Comm, cfg: dict, model, shard_sizes: list[int], method, run_dir: Path,
                  stop: StopRequest, workers: WorkerMap, hosts: list[str] | None = None,
                  trace_extras: dict | None = None, test_rows: int = -1, data_fingerprint: str = "",
-                 quiet: bool = False):
+                 quiet: bool = False, dim: int | None = None, servers: Servers | None = None,
+                 follower: bool = False):
         """``workers``: which worker rank hosts which worker; ``hosts``: each worker's host
-        name (index 0: the master's)."""
+        name (index 0: the master's).  With parameter servers: ``dim`` is this server's
+        slice of the parameters, ``servers`` (rank 0) the other servers, ``follower`` a
+        server that is not rank 0 (it keeps no trace)."""
         self.comm, self.cfg, self.model, self.method = comm, cfg, model, method
         self.run_dir, self.stop, self.quiet = run_dir, stop, quiet
         self.root = {"test_rows": test_rows, "data_fingerprint": data_fingerprint}  # kept in checkpoints
         run, order = cfg["run"], cfg["order"]
         self.M = workers.M
         self.workers = range(1, self.M + 1)
+        dim = model.dim if dim is None else dim
+        self.servers, self.records = servers, not follower
         self.clock = make_clock(run["clock"], self.M, cfg.get("cluster"), model.dim, (T.RESULT_HEADER, T.JOB_HEADER))
         self.costs = isinstance(self.clock, CostClock)  # the cost model's trace columns
         extras = {**(trace_extras or {}), **(COST_COLUMNS if self.costs else {})}
         self.recorder = Recorder(run, self.clock, extras=extras, quiet=quiet)
         pairs = ORDERINGS[order["kind"]].pair_differences(order["batch"])
-        self.link = T.MasterTransport(comm, model.dim, pairs, workers, held=lambda: self.scheduler.held_buffers())
+        self.link = T.MasterTransport(comm, dim, pairs, workers, held=lambda: self.scheduler.held_buffers())
         self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send=self.link.send_job,
                                    load=self.recorder, recycle=self.link.recycle,
                                    observe=None if self.clock.simulated else method.observe)
-        self.state = ParameterState(model.dim, cfg["method"]["momentum"], cfg["model"]["l1"])
+        self.state = ParameterState(dim, cfg["method"]["momentum"], cfg["model"]["l1"])
         self.params = self.state.params
         self.evaluation = Evaluation(self.link, model, cfg["model"]["l1"], self.recorder, self.clock)
         self.watch = Watch(stop, run["worker_timeout"], run["stop_timeout"],
@@ -93,7 +103,9 @@ class Engine:
               step_size: float | None = None, scale: float = 1.0, extra: dict | None = None,
               block: slice | None = None) -> None:
         lr = self.lr if step_size is None else step_size
-        if not self.state.step(grad, lr, scale, block):
+        # rank 0 decides on its slice; another server's non-finite slice shows in the
+        # next evaluation's loss (a follower must not stop on its own)
+        if not self.state.step(grad, lr, scale, block) and self.records:
             raise DivergenceError(f"non-finite gradient at update {self.version + 1}")
         self.version += 1
         if self.costs:
@@ -107,7 +119,8 @@ class Engine:
             row.update(extra)
         if self.costs:
             row.update(self.clock.trace_row())
-        self.recorder.update(row)
+        if self.records:
+            self.recorder.update(row)
         self.updated = True
 
     # cancel_jobs_before, send_signs, queued and at_epoch_end are the parts' own methods,
@@ -128,11 +141,15 @@ class Engine:
                 t0 = time.perf_counter()
                 pending, self.pending = self.pending, []
                 if pending:
+                    if self.servers:
+                        self.servers.create(self.scheduler.seq)
                     self.scheduler.create(pending, self.params, self.version)
                 self.method.flush(self)
                 t1 = time.perf_counter()
                 self._wait(self.scheduler.event_ready, "a result", self.backoff)
                 job = self.scheduler.take()
+                if self.servers:
+                    self.servers.took(job)
                 self.recorder.took(job.batch, job.result.compute_seconds)
                 t2 = time.perf_counter()
                 self.pending.extend(self.method.on_result(self, job.result))
@@ -250,6 +267,16 @@ class Engine:
         backoff.done()
         return []
 
+    def wait_for_server(self, done, backoff: C.Backoff | None = None) -> None:
+        """Wait for another parameter server's message, receiving results meanwhile.  No
+        worker owes it, so ``Watch``'s silence rules do not apply (a server rank that
+        dies ends the MPI job)."""
+        backoff = backoff or C.Backoff()
+        while not done():
+            if not self._poll():
+                backoff.wait()
+        backoff.done()
+
     def _drain(self, give_up=None) -> list[int]:
         """Wait for every job in flight (cancelled ones are dropped on arrival)."""
         return self._wait(lambda: not self.scheduler.in_flight(), "the jobs in flight", give_up=give_up)
@@ -265,7 +292,8 @@ class Engine:
                 ev.due = True
                 return
             self._wait(lambda: ev.pending is None, "an evaluation")
-        ev.request(self.params, self.version, self.scheduler.epoch())
+        params = self.servers.gather_params(self.params, self.wait_for_server) if self.servers else self.params
+        ev.request(params, self.version, self.scheduler.epoch())
         if waits:
             self._wait(lambda: ev.pending is None, "an evaluation")
 
@@ -292,6 +320,8 @@ class Engine:
         self.trees, self.trees_wanted = {}, set(self.workers)
         self._wait(lambda: not self.trees_wanted, "the workers' state for a checkpoint")
         tree = layout.engine_tree(self, self.trees)
+        if self.servers:
+            tree = join_trees(tree, self.servers.gather_state(), self.method.per_parameter)
         self.trees = {}
         try:
             path = checkpoint.save_checkpoint(self.run_dir, tree, keep=self.cfg["run"]["keep_checkpoints"])
@@ -306,7 +336,11 @@ class Engine:
     def resume_from(self, tree: dict, path: Path) -> None:
         """Continue from a checkpoint tree: every part loads its state, and every worker
         gets its own."""
-        for j, state in layout.restore_engine(self, tree).items():
+        own = tree
+        if self.servers:
+            self.servers.resume(tree, self.method.per_parameter)
+            own = cut_tree(tree, self.servers.slices.of(0), self.method.per_parameter)
+        for j, state in layout.restore_engine(self, own).items():
             self.link.send_state(j, self.version, state)
         self.last_checkpoint = path
 
@@ -329,11 +363,16 @@ class Engine:
     def release_workers(self, status: int) -> None:
         """Drop jobs never sent, receive and discard whatever is still in flight so that
         no worker is left blocked in a send, then let every worker leave its loop."""
-        self.scheduler.withdraw_held(self.version + 1)
+        if not self.servers:
+            # (with servers every job goes out and is answered: a job withdrawn here but
+            # sent by another server would leave its slice unreceived)
+            self.scheduler.withdraw_held(self.version + 1)
         self.scheduler.cancel_before(self.version + 1)
         try:
             self._drain()
             self._wait(lambda: self.evaluation.pending is None, "an evaluation")
         except WorkerSilentError as exc:
             self._abandon(exc)
+        if self.servers:
+            self.servers.stop()
         self.link.release(self.version, status)

@@ -298,6 +298,19 @@ class Scheduler:
     def take(self) -> Job:
         """The next event's job, out of its queue."""
         _, seq, worker = heapq.heappop(self.ready)
+        return self._taken(worker, seq)
+
+    def has_result(self, worker: int, seq: int) -> bool:
+        job = self._find(worker, seq)
+        return job is not None and job.result is not None
+
+    def take_job(self, worker: int, seq: int) -> Job:
+        """A named job as the next event (a follower server takes the one rank 0 took)."""
+        self.ready.remove(next(e for e in self.ready if e[1] == seq and e[2] == worker))
+        heapq.heapify(self.ready)
+        return self._taken(worker, seq)
+
+    def _taken(self, worker: int, seq: int) -> Job:
         job = self._find(worker, seq)
         self.jobs[worker].remove(job)
         self.clock.took(job)

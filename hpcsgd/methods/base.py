@@ -8,6 +8,9 @@ from hpcsgd.engine.interface import Assignment, Engine, JobTimes, Result
 
 class Method:
     name = ""
+    # state_dict entries whose last axis is the parameters': with parameter servers
+    # each server keeps its slice of them (hpcsgd.engine.servers)
+    per_parameter: tuple[str, ...] = ()
 
     def start(self, engine: Engine) -> list[Assignment]:
         """The first jobs to create."""

@@ -35,6 +35,7 @@ from hpcsgd.schema import Key, only
 
 class GSGM(Method):
     name = "gsgm"
+    per_parameter = ("deferred_sum",)
 
     def __init__(self, n_workers: int, batch: int, dim: int, *, schedule: bool = True, average: bool = True):
         self.n_workers = n_workers
@@ -120,4 +121,4 @@ register(MethodSpec(
     build=lambda cfg, shard_sizes, dim, L: GSGM(len(shard_sizes), cfg["order"]["batch"], dim,
                                                 schedule=cfg["method"]["schedule"], average=cfg["method"]["average"]),
     extras={"round": np.int32, "averaged": np.int32, "deferred": np.int32},
-    summaries=(Summary("gsgm", _summary, _summary_lines),)))
+    summaries=(Summary("gsgm", _summary, _summary_lines),), shards=True))

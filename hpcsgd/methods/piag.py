@@ -25,6 +25,7 @@ from hpcsgd.schema import Key
 
 
 class PIAG(Method):
+    per_parameter = ("table", "total")
     def __init__(self, n_workers: int, batch: int, policy: StepPolicy, weights: np.ndarray, dim: int,
                  absorb: int = 1):
         self.name = "piag"
@@ -83,4 +84,4 @@ ABSORB = MethodKey("absorb", Key(1, int, "piag: arrivals absorbed per update", m
 register(MethodSpec(
     kind="piag", does="takes delay-adaptive prox steps on aggregated gradients", rank=50, build=_build,
     keys=(*STEP_KEYS, ABSORB), ignores=STEP_IGNORES, check=check_step_policy, needs_L=needs_L,
-    summaries=(STEP_SUMMARY,)))
+    summaries=(STEP_SUMMARY,), shards=True))

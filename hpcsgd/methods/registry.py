@@ -110,7 +110,10 @@ class MethodSpec:
     - ``extras``: the trace columns it adds (``engine.apply(extra=...)``) and their dtypes;
     - ``summaries``: what ``hpcsgd inspect`` reports about its runs;
     - ``requires``: ``--set`` settings it needs on top of the defaults to run at all
-      (the compatibility matrix starts its rows from them).
+      (the compatibility matrix starts its rows from them);
+    - ``shards``: it runs with parameter servers (``run.servers > 1``): its arithmetic is
+      elementwise and its decisions never read the model or a gradient, so every server
+      runs it on its slice and decides the same.
     """
     kind: str
     does: str
@@ -127,6 +130,7 @@ class MethodSpec:
     extras: Mapping[str, type] = field(default_factory=dict)
     summaries: tuple[Summary, ...] = ()
     requires: tuple[str, ...] = ()
+    shards: bool = False
 
 
 # The keys of the engine's step, read by every method unless its spec ignores them.

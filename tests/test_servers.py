@@ -1,0 +1,138 @@
+"""Parameter servers (``run.servers = S``, simulated clock) against the recorded
+one-server runs, each layout under its own mpiexec: the golden runs of four workers
+that servers can make (tests/golden/M4-*: sync, fastest_k, async with two rules, gsgm,
+piag) again with S = 2, 3 and 4 servers, bit for bit, and a run that checkpoints with
+one S and resumes with another."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from golden_runs import BASE, golden_file, runs_with_servers
+from hpcsgd.checkpoint import load_checkpoint
+from launch import MPIEXEC, ROOT, job_env
+
+M = 4
+
+
+def differences(got: dict, name: str) -> str:
+    with np.load(golden_file(M, name), allow_pickle=False) as want:
+        if set(want.files) != set(got):
+            return f"{name}: columns differ: {sorted(set(want.files) ^ set(got))}"
+        bad = [k for k in want.files if want[k].dtype != got[k].dtype
+               or not np.array_equal(want[k], got[k], equal_nan=True)]
+        return f"{name}: not bit-identical: {bad}" if bad else ""
+
+
+def mpirun(ranks: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", *args],
+                          capture_output=True, text=True, env=job_env(), timeout=timeout)
+
+
+@pytest.mark.parametrize("servers,worker_ranks", [(2, 2), (3, 1), (4, 2)])
+def test_sharded_runs_are_the_recorded_one_server_runs(data_dir, tmp_path, servers, worker_ranks):
+    """Four workers (virtual where there are fewer worker ranks), the model and the
+    method's per-parameter state in S slices: the same parameters, trace and
+    evaluations, bit for bit."""
+    p = mpirun(worker_ranks + servers, str(ROOT / "tests" / "golden_runs.py"), str(data_dir), "--workers", str(M),
+               "--servers", str(servers), "--out", str(tmp_path))
+    assert p.returncode == 0, p.stdout + p.stderr
+    names = list(runs_with_servers(M))
+    assert len(names) == 6
+    problems = [differences(dict(np.load(tmp_path / golden_file(M, n).name)), n) for n in names]
+    assert not any(problems), "\n".join(problems)
+
+
+def train(ranks: int, config, *sets: str) -> None:
+    p = mpirun(ranks, "-m", "hpcsgd", "train", str(config), "--quiet", *[a for s in sets for a in ("--set", s)])
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("name", ["piag-rr-exp-full-l1", "gsgm-so-uniform-dirichlet-mlp"])
+def test_a_run_resumes_with_another_number_of_servers(data_dir, tmp_path, name):
+    """Checkpoint at update 20 with S = 3 (the PIAG table and GSGM's deferred sums in
+    three slices, jobs in flight), resume with S = 2, and end where the recorded run
+    ends; the checkpoint itself is the one layout of SPEC section 5."""
+    config = tmp_path / "job.toml"
+    config.write_text("# every key comes with --set\n")
+    out = tmp_path / "run"
+    settings = [f"data.dir='{data_dir}'", f"run.out='{out}'", *BASE, *runs_with_servers(M)[name],
+                f"run.workers={M}", "run.checkpoint_every=20"]
+    train(4, config, *settings, "run.servers=3", "run.max_updates=20")
+    _, tree = load_checkpoint(out)
+    d = tree["model"]["params"].size
+    assert int(tree["update"]) == 20 and tree["state"]["optimizer"]["momentum"].size == d
+    p = mpirun(4, "-m", "hpcsgd", "resume", str(out), "--quiet", "--set", "run.max_updates=40",
+               "--set", "run.servers=2")
+    assert p.returncode == 0, p.stdout + p.stderr
+    from golden_runs import flat
+    problem = differences(flat(load_checkpoint(out)[1]), name)
+    assert not problem, problem
+
+
+# ---------------------------------------------------------------------------- the pieces, serially
+
+def test_slices_cover_the_model_in_order_and_servers_are_the_last_ranks():
+    from hpcsgd.engine.servers import ParamSlices
+    s = ParamSlices(10, 3, world=6)
+    assert [s.of(i) for i in range(3)] == [slice(0, 4), slice(4, 7), slice(7, 10)]
+    assert s.ranks == [0, 4, 5] and s.server_of(4) == 1 and s.server_of(2) is None
+    assert list(s.followers()) == [1, 2]
+
+
+def test_a_checkpoint_cut_into_slices_joins_back_bit_for_bit():
+    from hpcsgd import transport as T
+    from hpcsgd.engine.servers import ParamSlices, cut_tree, join_trees
+    rng = np.random.default_rng(0)
+    d, n_workers = 11, 3
+    tree = {"update": 7, "model": {"params": rng.normal(size=d)},
+            "state": {"optimizer": {"momentum": rng.normal(size=d)},
+                      "method": {"table": rng.normal(size=(n_workers, d)), "total": rng.normal(size=d),
+                                 "versions": np.arange(n_workers)},
+                      "engine": {"version": 7, "inflight": {"jobs": np.zeros((2, 5), dtype=np.int64),
+                                                            "results": rng.normal(size=(2, T.RESULT_HEADER + d))}}}}
+    keys = ("table", "total")
+    slices = ParamSlices(d, 4, world=6)
+    parts = [cut_tree(tree, slices.of(s), keys) for s in range(4)]
+    assert parts[1]["model"]["params"].size == slices.size(1)
+    assert parts[1]["state"]["method"]["table"].shape == (n_workers, slices.size(1))
+    assert np.array_equal(parts[2]["state"]["method"]["versions"], tree["state"]["method"]["versions"])
+    followers = [{"params": p["model"]["params"], "momentum": p["state"]["optimizer"]["momentum"],
+                  "method": p["state"]["method"], "results": p["state"]["engine"]["inflight"]["results"]}
+                 for p in parts[1:]]
+    joined = join_trees(parts[0], followers, keys)
+    for path in (("model", "params"), ("state", "optimizer", "momentum"), ("state", "method", "table"),
+                 ("state", "method", "total"), ("state", "engine", "inflight", "results")):
+        a, b = joined, tree
+        for k in path:
+            a, b = a[k], b[k]
+        assert np.array_equal(a, b), path
+
+
+@pytest.mark.parametrize("setting,says", [
+    ("run.clock='wall'", "needs run.clock = 'simulated'"),
+    ("method.kind='adaptive_k'", "cannot run method.kind = 'adaptive_k'"),
+    ("method.kind='async_bcd', data.partition='replicate'", "cannot run method.kind = 'async_bcd'"),
+    ("order.kind='cd_grab'", "cannot run order.kind = 'cd_grab'"),
+    ("cluster.cost=true", "cost model"),
+])
+def test_what_several_servers_cannot_run_yet_is_refused_by_name(setting, says):
+    from hpcsgd.config import resolve, resolve_servers
+    from hpcsgd.errors import UserError
+    sets = ["run.clock='simulated'", "run.servers=2", *setting.split(", ")]
+    with pytest.raises(UserError, match="run.servers = 2") as exc:
+        resolve_servers(resolve({}, sets), 4)
+    assert says in str(exc.value)
+
+
+def test_servers_need_a_worker_rank_besides_themselves():
+    from hpcsgd.config import resolve, resolve_servers
+    from hpcsgd.errors import UserError
+    cfg = resolve({}, ["run.clock='simulated'", "run.servers=3"])
+    with pytest.raises(UserError, match="needs at least 4 MPI ranks"):
+        resolve_servers(cfg, 3)
+    assert resolve_servers(cfg, 4) == 3
