@@ -68,7 +68,8 @@ class Engine:
         self.link = T.MasterTransport(comm, dim, pairs, workers, held=lambda: self.scheduler.held_buffers())
         self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send=self.link.send_job,
                                    load=self.recorder, recycle=self.link.recycle,
-                                   observe=None if self.clock.simulated else method.observe)
+                                   observe=None if self.clock.simulated else method.observe,
+                                   withdraws=self.clock.withdraws_unsent and servers is None and not follower)
         self.state = ParameterState(dim, cfg["method"]["momentum"], cfg["model"]["l1"])
         self.params = self.state.params
         self.evaluation = Evaluation(self.link, model, cfg["model"]["l1"], self.recorder, self.clock)

@@ -122,14 +122,17 @@ class Scheduler:
     """``message(params, version, batch, preemptible)`` makes a job's buffer and
     ``send(worker, buf)`` sends it; ``load`` books the current trace row's load (its
     ``samples`` and ``messages``); ``recycle(result)`` frees a result's buffer;
-    ``observe(job, result)`` (wall clock) lets the method watch every reply."""
+    ``observe(job, result)`` (wall clock) lets the method watch every reply;
+    ``withdraws``: cancelled jobs not sent yet are dropped unsent (the wall clock's
+    policy, except with parameter servers: every server must send the same jobs)."""
 
     def __init__(self, shard_sizes: list[int], clock, message: Callable, send: Callable, load,
-                 recycle: Callable, observe: Callable | None = None):
+                 recycle: Callable, observe: Callable | None = None, withdraws: bool = False):
         M = len(shard_sizes)
         self.workers = range(1, M + 1)
         self.clock = clock
         self.message, self.send, self.load, self.recycle, self.observe = message, send, load, recycle, observe
+        self.withdraws = withdraws
         self.mirror = EpochMirror(shard_sizes)
         self.jobs: dict[int, deque[Job]] = {j: deque() for j in self.workers}
         self.seq = 0
@@ -240,7 +243,7 @@ class Scheduler:
         """Jobs computed at older versions are obsolete: stop waiting for them."""
         if not any(self.jobs.values()):
             return
-        if self.clock.withdraws_unsent:
+        if self.withdraws:
             self.withdraw_held(version)
         t = self.clock.now()
         for worker in self.workers:
