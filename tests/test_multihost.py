@@ -2,6 +2,8 @@
 scripts/test brings it up as root and takes it down).  Every message crosses a veth.
 
 - a run resumed on another host layout ends bit-identical to one run on one host;
+- parameter servers beside the workers on other hosts: the same bits as one server, and a
+  wall-clock run with servers across hosts ends with the whole model checkpointed;
 - a stop signal to mpiexec reaches every host and checkpoints;
 - only rank 0 writes files (the run directory is read-only on every other host);
 - every host compiles into its own cold Numba cache at once;
@@ -79,6 +81,27 @@ def test_a_run_resumed_on_another_host_layout_is_the_run_on_one_host(tmp_path):
                                  cluster=["--hosts", f"{HOSTS[2]}:1,{HOSTS[0]}:2"]))
     assert rc == 0, text
     same_run(load_checkpoint(tmp_path / "one_host")[1], load_checkpoint(out)[1])
+
+
+def test_servers_on_other_hosts_give_the_one_server_run(tmp_path):
+    """Three servers: rank 0 on hsg0 and one beside each worker (hsg1, hsg2), every
+    slice of every job and result across a veth."""
+    cfg = digits_job(tmp_path, max_updates=300, eval_every=100)
+    rc, text = finish(start(cfg, tmp_path / "one_server"))  # plain mpiexec, one host, 3 ranks
+    assert rc == 0, text
+    hosts = ["--hosts", f"{HOSTS[0]}:1,{HOSTS[1]}:1,{HOSTS[2]}:1,{HOSTS[1]}:1,{HOSTS[2]}:1"]
+    out = tmp_path / "servers"
+    rc, text = finish(hpcsgd_job(cfg, out, "run.servers=3", cluster=hosts))
+    assert rc == 0, text
+    same_run(load_checkpoint(tmp_path / "one_server")[1], load_checkpoint(out)[1])
+    wall = tmp_path / "wall"
+    rc, text = finish(hpcsgd_job(cfg, wall, "run.servers=3", "run.clock='wall'", "method.kind='sync'",
+                                 "stragglers.model='none'",
+                                 cluster=hosts))
+    assert rc == 0, text
+    tree = load_checkpoint(wall)[1]
+    assert tree["update"] == 300 and np.isfinite(tree["model"]["params"]).all()
+    assert tree["model"]["params"].size == load_checkpoint(out)[1]["model"]["params"].size
 
 
 def test_a_stop_signal_to_mpiexec_reaches_every_host_and_checkpoints(tmp_path):
