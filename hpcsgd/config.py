@@ -485,7 +485,7 @@ def resolve_servers(cfg: dict, world: int) -> int:
     if S == 1:
         return 1
     why = ""
-    kind, order = cfg["method"]["kind"], cfg["order"]["kind"]
+    kind = cfg["method"]["kind"]
     spec = registry.spec(kind)
     if cfg["cluster"]["cost"]:
         why = "cannot be priced by the cost model yet (cluster.cost = true models one master's link)"
@@ -493,8 +493,6 @@ def resolve_servers(cfg: dict, world: int) -> int:
         names = ", ".join(repr(k) for k in registry.kinds() if registry.spec(k).shards)
         why = (f"cannot run method.kind = {kind!r} yet: its decisions need the whole model "
                f"(servers run {names})")
-    elif ORDERINGS[order].coordinated:
-        why = f"cannot run order.kind = {order!r} yet: its sign pass needs whole pair differences at rank 0"
     elif world - S < 1:
         why = (f"needs at least {S + 1} MPI ranks (rank 0, {S - 1} more servers, a worker rank); "
                f"this job has {world}")

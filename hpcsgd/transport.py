@@ -85,10 +85,11 @@ EVAL_HEADER = 7
 SPARE_BUFFERS = 4  # job buffers of past versions kept for reuse
 
 
-def result_length(d: int, pair_differences: int) -> int:
+def result_length(d: int, pair_differences: int, pair_d: int | None = None) -> int:
     """Longest result message: header, gradient, and the pair differences a coordinated
-    ordering ships (``Ordering.pair_differences``)."""
-    return RESULT_HEADER + d * (1 + pair_differences)
+    ordering ships (``Ordering.pair_differences``; ``pair_d`` parameters each: the whole
+    model's, also when the gradient is a parameter server's slice of d)."""
+    return RESULT_HEADER + d + (d if pair_d is None else pair_d) * pair_differences
 
 
 def _header(version: int, batch: int = 0, flags: int = 0, d: int = 0) -> np.ndarray:
@@ -118,8 +119,10 @@ def pack_result(out: np.ndarray, worker: int, version: int, batch: int, samples:
     out[:RESULT_HEADER] = h
 
 
-def unpack_result(buf: np.ndarray, d: int) -> Result:
-    """A result message as the methods see it (gradient and pairs are views into ``buf``)."""
+def unpack_result(buf: np.ndarray, d: int, pair_d: int | None = None) -> Result:
+    """A result message as the methods see it (gradient and pairs are views into ``buf``;
+    ``pair_d``: the pairs' length when the gradient is a slice of d)."""
+    pair_d = d if pair_d is None else pair_d
     h = buf[:RESULT_HEADER].tolist()  # one conversion, not one NumPy scalar per field
     return Result(worker=int(h[R_WORKER]), version=int(h[R_VERSION]), batch=int(h[R_BATCH]),
                   samples=int(h[R_SAMPLES]), duration=float(h[R_DURATION]),
@@ -127,7 +130,7 @@ def unpack_result(buf: np.ndarray, d: int) -> Result:
                   loss_sum=float(h[R_LOSS_SUM]), abandoned=bool(h[R_ABANDONED]),
                   epoch=int(h[R_EPOCH]), stop=bool(h[R_STOP]),
                   grad=buf[RESULT_HEADER:RESULT_HEADER + d],
-                  pairs=buf[RESULT_HEADER + d:RESULT_HEADER + d * (1 + int(h[R_PAIRS]))].reshape(-1, d),
+                  pairs=buf[RESULT_HEADER + d:RESULT_HEADER + d + pair_d * int(h[R_PAIRS])].reshape(-1, pair_d),
                   buf=buf)
 
 
@@ -150,14 +153,17 @@ class MasterTransport:
     job buffers the scheduler still holds unsent, so that none is reused early)."""
 
     def __init__(self, comm: MPI.Comm, d: int, pair_differences: int, workers: WorkerMap,
-                 held: Callable[[], Sequence[np.ndarray]] = tuple):
+                 held: Callable[[], Sequence[np.ndarray]] = tuple, pair_d: int | None = None):
+        """``d``: the parameters this rank owns (all, or a parameter server's slice);
+        ``pair_d``: the length of a pair difference (the whole model's)."""
         self.comm = comm
         self.map = workers
         self.M, self.R = workers.M, workers.R
         self.ranks = range(1, self.R + 1)
         self.d = d
+        self.pair_d = d if pair_d is None else pair_d
         self.held = held
-        self.recv_size = result_length(d, pair_differences)
+        self.recv_size = result_length(d, pair_differences, self.pair_d)
         self.row_width = RESULT_HEADER + d  # a result without pair differences (``result_row``)
         self.send_reqs: list[MPI.Request] = []  # sends not known complete, and their buffers
         self.send_bufs: list[np.ndarray] = []
@@ -266,7 +272,7 @@ class MasterTransport:
             rank = i + 1
             buf = self.recv_bufs[rank]
             self.recvs[i] = self._post_recv(rank)
-            out.append(unpack_result(buf, self.d))
+            out.append(unpack_result(buf, self.d, self.pair_d))
         return out
 
     def recycle(self, result: Result) -> None:
@@ -284,7 +290,7 @@ class MasterTransport:
         else:
             buf[:self.row_width] = row
         buf[R_WORKER] = worker
-        return unpack_result(buf, self.d)
+        return unpack_result(buf, self.d, self.pair_d)
 
     # ---------------------------------------------------------------- evaluation
     def request_eval(self, params: np.ndarray, version: int) -> list[MPI.Request]:
@@ -347,6 +353,9 @@ class WorkerTransport:
         self.own = slice(0, servers[0][1].start) if servers else slice(0, d)  # rank 0's slice
         self.slice_in = [np.empty(JOB_HEADER + part.stop - part.start) for _, part in self.servers]
         self.slice_out = [np.empty(RESULT_HEADER + part.stop - part.start) for _, part in self.servers]
+        # rank 0's message when pairs follow a slice of the gradient: [header | slice | pairs]
+        self.lead_out = np.empty(RESULT_HEADER + self.own.stop + d * pair_differences) \
+            if servers and pair_differences else None
         self.eval_out = np.empty((hosted, EVAL_HEADER + d))   # a row per hosted worker
         self.status = MPI.Status()
         self.backoff = C.Backoff()
@@ -394,9 +403,15 @@ class WorkerTransport:
         pack_result(self.out, worker, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
                     abandoned, pairs, epoch, stop)
         n = RESULT_HEADER if abandoned else RESULT_HEADER + self.own.stop + self.d * pairs
-        self.comm.Send(self.out[:n], dest=0, tag=TAG_RESULT)
+        lead = self.out
+        if pairs and self.servers:  # the pairs (whole d-vectors) go to rank 0 only, after its slice
+            lead = self.lead_out
+            lead[:RESULT_HEADER + self.own.stop] = self.out[:RESULT_HEADER + self.own.stop]
+            lead[RESULT_HEADER + self.own.stop:n] = self.out[RESULT_HEADER + self.d:RESULT_HEADER + self.d * (1 + pairs)]
+        self.comm.Send(lead[:n], dest=0, tag=TAG_RESULT)
         for (rank, part), buf in zip(self.servers, self.slice_out):
             buf[:RESULT_HEADER] = self.out[:RESULT_HEADER]
+            buf[R_PAIRS] = 0  # the pairs went to rank 0 alone
             if not abandoned:
                 buf[RESULT_HEADER:] = self.grad[part]
             self.comm.Send(buf[:RESULT_HEADER] if abandoned else buf, dest=rank, tag=TAG_RESULT)

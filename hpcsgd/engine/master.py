@@ -64,8 +64,10 @@ class Engine:
         self.costs = isinstance(self.clock, CostClock)  # the cost model's trace columns
         extras = {**(trace_extras or {}), **(COST_COLUMNS if self.costs else {})}
         self.recorder = Recorder(run, self.clock, extras=extras, quiet=quiet)
-        pairs = ORDERINGS[order["kind"]].pair_differences(order["batch"])
-        self.link = T.MasterTransport(comm, dim, pairs, workers, held=lambda: self.scheduler.held_buffers())
+        # CD-GraB's pair differences (whole d-vectors) come to rank 0 alone: it signs them
+        pairs = 0 if follower else ORDERINGS[order["kind"]].pair_differences(order["batch"])
+        self.link = T.MasterTransport(comm, dim, pairs, workers, held=lambda: self.scheduler.held_buffers(),
+                                      pair_d=model.dim)
         self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send=self.link.send_job,
                                    load=self.recorder, recycle=self.link.recycle,
                                    observe=None if self.clock.simulated else method.observe,
