@@ -49,8 +49,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "queue, the run bit-identical to one rank per worker (needs clock = simulated)", minimum=0),
         "servers": Key(1, int, "parameter servers S: rank 0 and the job's last S - 1 ranks each own a contiguous "
                        "slice of the parameters and of the method's per-parameter state, the run bit-identical "
-                       "to S = 1 in the simulated clock (mpiexec -n R + S for R worker ranks; S > 1 needs "
-                       "method.kind sync, fastest_k, async, piag or gsgm)", minimum=1, maximum=1024),
+                       "to S = 1 in the simulated clock (mpiexec -n R + S for R worker ranks; adaptive_k and "
+                       "adaptive_kb only in the simulated clock; not yet with the cost model)", minimum=1, maximum=1024),
         "clock": Key("wall", str, "wall (real time, real sleeps) or simulated (reproducible event order; "
                      "time advances only by the injected delays)", choices=("wall", "simulated"),
                      does={"simulated": "takes iteration times from the delay model",
@@ -493,6 +493,9 @@ def resolve_servers(cfg: dict, world: int) -> int:
         names = ", ".join(repr(k) for k in registry.kinds() if registry.spec(k).shards)
         why = (f"cannot run method.kind = {kind!r} yet: its decisions need the whole model "
                f"(servers run {names})")
+    elif cfg["run"]["clock"] not in spec.shards:
+        why = (f"with method.kind = {kind!r} needs run.clock = 'simulated': in the wall clock it adapts to "
+               f"timings that only rank 0 measures")
     elif world - S < 1:
         why = (f"needs at least {S + 1} MPI ranks (rank 0, {S - 1} more servers, a worker rank); "
                f"this job has {world}")

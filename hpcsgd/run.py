@@ -267,11 +267,11 @@ def _follow(comm: MPI.Comm, cfg: dict, model, sizes: list[int], workers: WorkerM
             server: int, fresh: bool) -> int:
     """A parameter server other than rank 0: the same engine and method on its slice
     of the model, following rank 0 (hpcsgd.engine.servers)."""
-    dim = slices.size(server)
-    method = make_method(cfg, sizes, dim, cfg["method"]["L"])
+    method = make_method(cfg, sizes, slices.size(server), cfg["method"]["L"])
     with StopRequest() as stop:  # a signal is rank 0's to act on; this rank only must not die of it
         engine = Engine(comm, cfg, model, sizes, method, Path(cfg["run"]["out"]), stop, workers,
-                        trace_extras=trace_extras(cfg["method"]["kind"]), quiet=True, dim=dim, follower=True)
+                        trace_extras=trace_extras(cfg["method"]["kind"]), quiet=True, part=slices.of(server),
+                        follower=True)
         tree = servers.receive_start(comm, engine, fresh)
         if tree is not None:
             layout.restore_engine(engine, tree)
@@ -315,7 +315,7 @@ def _run_engine(comm: MPI.Comm, cfg: dict, model, sizes: list[int], rows: dict, 
     stop = StopRequest(run_dir)
     engine = Engine(comm, cfg, model, sizes, method, run_dir, stop, workers, hosts=hosts,
                     trace_extras=trace_extras(cfg["method"]["kind"]), test_rows=rows["test_rows"],
-                    data_fingerprint=rows["fingerprint"], quiet=quiet, dim=dim,
+                    data_fingerprint=rows["fingerprint"], quiet=quiet, part=slices.of(0) if slices else None,
                     servers=Servers(comm, slices) if slices else None)
     if resume_tree is None:
         init_rng = make_stream(cfg["run"]["seed"], 0, streams.INIT)

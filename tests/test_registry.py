@@ -30,12 +30,15 @@ class FakeEngine:
     (w -= lr * scale * grad on the given block) and traces every update in a Table with
     the standard columns plus the method's declared extras."""
 
+    dot = staticmethod(lambda a, b: float(np.dot(a, b)))
+
     def __init__(self, method, M: int, dim: int, lr: float = 0.1, extras: dict | None = None, seed: int = 0):
         self.method, self.M, self.lr = method, M, lr
         self.version = 0
         self.rng = np.random.default_rng(seed)
         self.data = np.random.default_rng(seed + 1)
         self.w = np.zeros(dim)
+        self.part, self.n_params = slice(0, dim), dim  # the whole model: no parameter servers
         self.trace = Table({**TRACE_COLUMNS, **(extras or {})})
         self.jobs = {j: [] for j in range(1, M + 1)}  # versions of each worker's open jobs
         self.turn = 0

@@ -20,6 +20,8 @@ def AdaptiveK(k0, step, burn_in, n_workers, batch):
 
 
 class FakeEngine:
+    dot = staticmethod(lambda a, b: float(np.dot(a, b)))
+
     def __init__(self):
         self.version = 0
         self.applied = []

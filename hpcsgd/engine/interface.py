@@ -73,3 +73,10 @@ class Engine(Protocol):
 
     def overdue_seconds(self) -> list[float]:
         """Per worker (index rank - 1): how long its oldest unanswered job has been out."""
+
+    part: slice                  # the parameters this engine holds: all, or a server's slice
+    n_params: int                # the whole model's
+
+    def dot(self, a: np.ndarray, b: np.ndarray) -> float:
+        """<a, b> over the whole model, for vectors of this engine's ``part`` (with
+        parameter servers the servers' partial products are summed in server order)."""

@@ -31,7 +31,7 @@ from hpcsgd.engine.interface import Assignment
 from hpcsgd.engine.params import ParameterState
 from hpcsgd.engine.recorder import Recorder
 from hpcsgd.engine.scheduler import Scheduler
-from hpcsgd.engine.servers import Servers, cut_tree, join_trees
+from hpcsgd.engine.servers import Servers, cut_tree, follower_sum, join_trees
 from hpcsgd.engine.watch import Watch
 from hpcsgd.errors import CheckpointWriteError, DivergenceError, WorkerSilentError
 from hpcsgd.ordering import ORDERINGS
@@ -46,10 +46,10 @@ class Engine:
     def __init__(self, comm: MPI.Comm, cfg: dict, model, shard_sizes: list[int], method, run_dir: Path,
                  stop: StopRequest, workers: WorkerMap, hosts: list[str] | None = None,
                  trace_extras: dict | None = None, test_rows: int = -1, data_fingerprint: str = "",
-                 quiet: bool = False, dim: int | None = None, servers: Servers | None = None,
+                 quiet: bool = False, part: slice | None = None, servers: Servers | None = None,
                  follower: bool = False):
         """``workers``: which worker rank hosts which worker; ``hosts``: each worker's host
-        name (index 0: the master's).  With parameter servers: ``dim`` is this server's
+        name (index 0: the master's).  With parameter servers: ``part`` is this server's
         slice of the parameters, ``servers`` (rank 0) the other servers, ``follower`` a
         server that is not rank 0 (it keeps no trace)."""
         self.comm, self.cfg, self.model, self.method = comm, cfg, model, method
@@ -58,8 +58,12 @@ class Engine:
         run, order = cfg["run"], cfg["order"]
         self.M = workers.M
         self.workers = range(1, self.M + 1)
-        dim = model.dim if dim is None else dim
+        self.n_params = model.dim
+        self.part = slice(0, model.dim) if part is None else part
+        dim = self.part.stop - self.part.start
         self.servers, self.records = servers, not follower
+        # the sum of every server's partial inner product (None: this engine has them all)
+        self.sums = servers.sum if servers else (follower_sum(comm) if follower else None)
         self.clock = make_clock(run["clock"], self.M, cfg.get("cluster"), model.dim, (T.RESULT_HEADER, T.JOB_HEADER))
         self.costs = isinstance(self.clock, CostClock)  # the cost model's trace columns
         extras = {**(trace_extras or {}), **(COST_COLUMNS if self.costs else {})}
@@ -131,6 +135,10 @@ class Engine:
 
     def overdue_seconds(self) -> list[float]:
         return self.scheduler.overdue(time.monotonic())
+
+    def dot(self, a: np.ndarray, b: np.ndarray) -> float:
+        part = float(np.dot(a, b))
+        return part if self.sums is None else self.sums(part, self.wait_for_server)
 
     # ------------------------------------------------------------------ the loop
     def run(self, fresh: bool) -> int:

@@ -15,6 +15,7 @@ scattered again on resume.
 
     control   [kind, worker, seq, version]            rank 0 -> follower   TAG_CONTROL
     params    [parameters of the follower's slice]    follower -> rank 0   TAG_SLICE
+    sum       [partial inner product] / [total]        follower <-> rank 0  TAG_SUM
     state     comm.send_tree (params, method, results) follower -> rank 0   TAG_SLICE
     start     the initial model's slice, or a checkpoint tree cut to the slice
 """
@@ -30,6 +31,7 @@ from hpcsgd.placement import even_counts
 
 TAG_CONTROL = 21
 TAG_SLICE = 22
+TAG_SUM = 23
 CREATE, EVENT, GATHER_PARAMS, GATHER_STATE, STOP = range(1, 6)
 
 
@@ -139,6 +141,20 @@ class Servers:
         self._tell(GATHER_STATE)
         return [C.recv_tree(self.comm, self.slices.ranks[s], TAG_SLICE) for s in self.slices.followers()]
 
+    def sum(self, partial: float, wait) -> float:
+        """Every server's partial inner product, added in server order (rank 0's first);
+        every follower gets the total.  Each server calls this at the same point of the
+        same method, so it is a reduction among the servers alone."""
+        parts = np.zeros(self.slices.S)
+        parts[0] = partial
+        reqs = [self.comm.Irecv(parts[s:s + 1], source=self.slices.ranks[s], tag=TAG_SUM)
+                for s in self.slices.followers()]
+        wait(lambda: MPI.Request.Testall(reqs))
+        total = np.array([sum(parts.tolist())])
+        for s in self.slices.followers():
+            self.sends.append((self.comm.Isend(total, dest=self.slices.ranks[s], tag=TAG_SUM), total))
+        return float(total[0])
+
     def stop(self) -> None:
         self._tell(STOP)
         C.wait_all([r for r, _ in self.sends])
@@ -187,6 +203,17 @@ def follow(engine, comm: MPI.Comm, fresh: bool) -> int:
             return 0
         else:
             raise RuntimeError(f"server rank {comm.Get_rank()}: unexpected control {kind}")
+
+
+def follower_sum(comm: MPI.Comm):
+    """A follower's side of ``Servers.sum``."""
+    def total(partial: float, wait) -> float:
+        out, back = np.array([partial]), np.empty(1)
+        sent = comm.Isend(out, dest=0, tag=TAG_SUM)
+        got = comm.Irecv(back, source=0, tag=TAG_SUM)
+        wait(lambda: MPI.Request.Testall([sent, got]))
+        return float(back[0])
+    return total
 
 
 def receive_start(comm: MPI.Comm, engine, fresh: bool) -> dict | None:

@@ -34,26 +34,36 @@ class AsyncBCD(Method):
         self.n_workers = n_workers
         self.batch = batch
         self.policy = policy
-        edges = np.linspace(0, dim, min(blocks, dim) + 1).round().astype(int)
-        self.blocks = [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
+        self.n_blocks = blocks
+        self.blocks: list[slice] | None = None  # in the engine's part: ``_blocks``
         # the blocks of each worker's jobs, oldest first (a worker answers in order)
         self.pending = {j: deque() for j in range(1, n_workers + 1)}
 
-    def _job(self, worker: int, rng: np.random.Generator):
-        self.pending[worker].append(int(rng.integers(len(self.blocks))))
+    def _blocks(self, engine) -> list[slice]:
+        """Each block's coordinates within the engine's part of the model: all of it, or
+        a parameter server's slice (where a block may lie partly or wholly outside)."""
+        if self.blocks is None:
+            d, part = engine.n_params, engine.part
+            edges = np.linspace(0, d, min(self.n_blocks, d) + 1).round().astype(int)
+            clip = [min(max(int(e), part.start), part.stop) - part.start for e in edges]
+            self.blocks = [slice(a, b) for a, b in zip(clip[:-1], clip[1:])]
+        return self.blocks
+
+    def _job(self, worker: int, engine):
+        self.pending[worker].append(int(engine.rng.integers(len(self._blocks(engine)))))
         return Assignment(worker, self.batch)
 
     def start(self, engine):
-        return [self._job(j, engine.rng) for j in range(1, self.n_workers + 1)]
+        return [self._job(j, engine) for j in range(1, self.n_workers + 1)]
 
     def on_result(self, engine, r):
         b = self.pending[r.worker].popleft()
         tau = engine.version - r.version
         gamma = self.policy.step(tau)
-        block = self.blocks[b]
+        block = self._blocks(engine)[b]
         engine.apply(r.grad[block], contributors=[r.worker], staleness=tau, batch=r.batch,
                      step_size=gamma, block=block, extra={"block": b})
-        return [self._job(r.worker, engine.rng)]
+        return [self._job(r.worker, engine)]
 
     def state_dict(self) -> dict:
         blocks = np.full((self.n_workers, max(map(len, self.pending.values()), default=0)), -1, dtype=np.int64)
@@ -86,4 +96,5 @@ BLOCKS = MethodKey("blocks", Key(10, int, "async_bcd: coordinate blocks", minimu
 register(MethodSpec(
     kind="async_bcd", does="takes delay-adaptive block steps", rank=60, build=_build,
     keys=(*STEP_KEYS, BLOCKS), ignores=STEP_IGNORES, check=_check, needs_L=needs_L,
-    extras={"block": np.int32}, summaries=(STEP_SUMMARY,), requires=("data.partition='replicate'",)))
+    extras={"block": np.int32}, summaries=(STEP_SUMMARY,), requires=("data.partition='replicate'",),
+    shards=("simulated", "wall")))

@@ -76,4 +76,4 @@ ASSIGN = MethodKey("assign", Key("pure", str, "async: who gets the job created a
 register(MethodSpec(
     kind="async", does="applies every gradient as it arrives", rank=30, keys=(ASSIGN,),
     build=lambda cfg, shard_sizes, dim, L: AsyncSGD(len(shard_sizes), cfg["order"]["batch"], cfg["method"]["assign"]),
-    extras={"assigned": np.int32, "queue": np.int32}, shards=True))
+    extras={"assigned": np.int32, "queue": np.int32}, shards=("simulated", "wall")))

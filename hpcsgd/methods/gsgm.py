@@ -121,4 +121,4 @@ register(MethodSpec(
     build=lambda cfg, shard_sizes, dim, L: GSGM(len(shard_sizes), cfg["order"]["batch"], dim,
                                                 schedule=cfg["method"]["schedule"], average=cfg["method"]["average"]),
     extras={"round": np.int32, "averaged": np.int32, "deferred": np.int32},
-    summaries=(Summary("gsgm", _summary, _summary_lines),), shards=True))
+    summaries=(Summary("gsgm", _summary, _summary_lines),), shards=("simulated", "wall")))

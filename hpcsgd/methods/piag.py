@@ -84,4 +84,4 @@ ABSORB = MethodKey("absorb", Key(1, int, "piag: arrivals absorbed per update", m
 register(MethodSpec(
     kind="piag", does="takes delay-adaptive prox steps on aggregated gradients", rank=50, build=_build,
     keys=(*STEP_KEYS, ABSORB), ignores=STEP_IGNORES, check=check_step_policy, needs_L=needs_L,
-    summaries=(STEP_SUMMARY,), shards=True))
+    summaries=(STEP_SUMMARY,), shards=("simulated", "wall")))

@@ -111,9 +111,11 @@ class MethodSpec:
     - ``summaries``: what ``hpcsgd inspect`` reports about its runs;
     - ``requires``: ``--set`` settings it needs on top of the defaults to run at all
       (the compatibility matrix starts its rows from them);
-    - ``shards``: it runs with parameter servers (``run.servers > 1``): its arithmetic is
-      elementwise and its decisions never read the model or a gradient, so every server
-      runs it on its slice and decides the same.
+    - ``shards``: the clocks in which it runs with parameter servers (``run.servers >
+      1``): its arithmetic is elementwise, and what it decides from the model or a
+      gradient goes through ``engine.dot``, so every server runs it on its slice and
+      decides the same (a method that adapts to measured timings decides alone, so
+      only in the simulated clock).
     """
     kind: str
     does: str
@@ -130,7 +132,7 @@ class MethodSpec:
     extras: Mapping[str, type] = field(default_factory=dict)
     summaries: tuple[Summary, ...] = ()
     requires: tuple[str, ...] = ()
-    shards: bool = False
+    shards: tuple[str, ...] = ()
 
 
 # The keys of the engine's step, read by every method unless its spec ignores them.

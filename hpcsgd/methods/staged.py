@@ -98,7 +98,7 @@ class StagedFastestK(FastestK):
         self.times.observe(r.worker, r.delay_comm + self.last_overhead[r.worker], per_sample)
 
     def after_update(self, engine, total: np.ndarray, scale: float) -> None:
-        if self.switch.fires(total, scale) and self.stage + 1 < len(self.targets):
+        if self.switch.fires(total, scale, engine.dot) and self.stage + 1 < len(self.targets):
             self.stage += 1
             self.k, self.batch = self._choose(self.stage)
             self.switch.enter(*self._levels())
@@ -308,7 +308,7 @@ def _spec(kind: str, does: str, rank: int, grows_batch: bool, **more) -> MethodS
                       build=functools.partial(_build, grows_batch=grows_batch),
                       check=functools.partial(_check, grows_batch=grows_batch),
                       check_layout=functools.partial(_check_layout, grows_batch=grows_batch),
-                      extras={"stage": np.int32}, summaries=(STAGES,), **more)
+                      extras={"stage": np.int32}, summaries=(STAGES,), shards=("simulated",), **more)
 
 
 register(_spec("adaptive_k", "grows k in stages at a fixed order.batch", 70, grows_batch=False))

@@ -1,7 +1,8 @@
 """When a staged fastest-k method moves to its next stage (ALGORITHMS.md section 2).
 
-Two rules with one verb, ``fires(total, scale)``, called once per update with the
-applied gradient ``scale * total``:
+Two rules with one verb, ``fires(total, scale, dot)``, called once per update with the
+applied gradient ``scale * total`` and the engine's inner product over the whole model
+(``Engine.dot``: with parameter servers each holds a slice of both vectors):
 
 - ``PflugTest``: after ``burn_in`` updates in the stage, S += <g_t, g_{t-1}> over
   consecutive applied gradients; S < 0 means the iterates bounce around the noise floor.
@@ -28,10 +29,10 @@ class PflugTest:
     def enter(self, *_) -> None:
         self.in_stage, self.S = 0, 0.0
 
-    def fires(self, total: np.ndarray, scale: float) -> bool:
+    def fires(self, total: np.ndarray, scale: float, dot=np.dot) -> bool:
         self.in_stage += 1
         if self.in_stage > self.burn_in and self.prev is not None:
-            self.S += scale * float(np.dot(total, self.prev))
+            self.S += scale * float(dot(total, self.prev))
         if self.prev is None:
             self.prev = np.empty_like(total)
         np.multiply(total, scale, out=self.prev)
@@ -71,7 +72,7 @@ class BoundSwitch:
     def enter(self, floor: float, level: float) -> None:
         self.floor, self.level = floor, level
 
-    def fires(self, total: np.ndarray, scale: float) -> bool:
+    def fires(self, total: np.ndarray, scale: float, dot=None) -> bool:
         self.error = self.floor + self.rho * (self.error - self.floor)
         return self.error <= self.level
 
