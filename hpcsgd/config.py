@@ -50,7 +50,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "servers": Key(1, int, "parameter servers S: rank 0 and the job's last S - 1 ranks each own a contiguous "
                        "slice of the parameters and of the method's per-parameter state, the run bit-identical "
                        "to S = 1 in the simulated clock (mpiexec -n R + S for R worker ranks; adaptive_k and "
-                       "adaptive_kb only in the simulated clock; not yet with the cost model)", minimum=1, maximum=1024),
+                       "adaptive_kb only in the simulated clock)", minimum=1, maximum=1024),
         "clock": Key("wall", str, "wall (real time, real sleeps) or simulated (reproducible event order; "
                      "time advances only by the injected delays)", choices=("wall", "simulated"),
                      does={"simulated": "takes iteration times from the delay model",
@@ -136,6 +136,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        maximum=MAX_SECONDS),
         "workers_per_host": Key(1, int, "workers on each worker host, in blocks (the master alone on its own)",
                                 minimum=1),
+        "servers_beside": Key(True, bool, "run.servers > 1: parameter server s >= 1 on worker host s, beside "
+                              "its workers (false: on a host of its own)"),
         "master_update": Key(0.0, (int, float), "master seconds per update, beyond its parameters", minimum=0,
                              maximum=MAX_SECONDS),
         "master_per_param": Key(0.0, (int, float), "master seconds per parameter an update steps", minimum=0,
@@ -311,7 +313,7 @@ _READ_BY_OWN: dict[tuple[str, str], Reason] = {
     ("cluster", "cost"): only("run.clock", "simulated", why="measures the master and the network itself"),
     **{("cluster", name): all_of(only("run.clock", "simulated", why="measures the master and the network itself"),
                                  only("cluster.cost", True))
-       for name in ("link_gbit", "latency", "workers_per_host", "master_update", "master_per_param",
+       for name in ("link_gbit", "latency", "workers_per_host", "servers_beside", "master_update", "master_per_param",
                     "master_message", "master_message_per_param", "worker_job",
                     "worker_per_sample_param")},
 }
@@ -487,9 +489,7 @@ def resolve_servers(cfg: dict, world: int) -> int:
     why = ""
     kind = cfg["method"]["kind"]
     spec = registry.spec(kind)
-    if cfg["cluster"]["cost"]:
-        why = "cannot be priced by the cost model yet (cluster.cost = true models one master's link)"
-    elif spec is None or not spec.shards:
+    if spec is None or not spec.shards:
         names = ", ".join(repr(k) for k in registry.kinds() if registry.spec(k).shards)
         why = (f"cannot run method.kind = {kind!r} yet: its decisions need the whole model "
                f"(servers run {names})")

@@ -169,6 +169,11 @@ def _check_resumable(tree: dict | None, cfg: dict, world_size: int, path: Path |
     if tree is None:
         return
     M = int(tree["world_size"]) - 1
+    stored = from_json(tree["config"])
+    if cfg["cluster"]["cost"] and stored["run"].get("servers", 1) != cfg["run"]["servers"]:
+        raise UserError(f"run.servers: checkpoint {path} is a run with cluster.cost = true and "
+                        f"run.servers = {stored['run'].get('servers', 1)}; the cost model's queues are per server, "
+                        f"so it resumes with the same run.servers")
     if world_size - 1 > M or (world_size - 1 < M and cfg["run"]["clock"] != "simulated"):
         can = f"mpiexec -n {M + 1}" if cfg["run"]["clock"] != "simulated" else \
             f"mpiexec -n {M + 1} (or fewer ranks, down to 2: its workers become virtual workers)"

@@ -164,6 +164,37 @@ def test_the_cost_model_queues_workers_of_one_host_behind_each_other_and_resumes
     assert h.t_arrive == k.t_arrive == pytest.approx(2 * s)
 
 
+def test_the_cost_model_with_servers_beside_the_workers_spreads_the_bytes():
+    """Two workers on hosts 1 and 2, three servers (rank 0 on host 0, the others beside
+    the workers): each server sends its slice, a server's slice to the worker on its own
+    host costs nothing, and a job has arrived when its last slice has.  1 byte/ms."""
+    d, M = 10, 2
+    c = cost_model(link_gbit=8e-6)  # 1,000 bytes/s
+    clock = CostClock(M, c, d, T.RESULT_HEADER, T.JOB_HEADER, servers=3)
+    assert clock.sizes == [4, 3, 3] and clock.server_host == [0, 1, 2]
+    jobs = [job(1, 0), job(2, 1)]
+    clock.sent(jobs)
+    s0, s1 = 8 * (T.JOB_HEADER + 4) / 1000, 8 * (T.JOB_HEADER + 3) / 1000
+    # rank 0's two slices share its link (both arrive at 2 s0); then each worker host
+    # takes the other follower's slice on its incoming link, behind rank 0's
+    assert [jb.t_arrive for jb in jobs] == pytest.approx([2 * s0 + s1] * 2)
+    one = CostClock(M, c, d, T.RESULT_HEADER, T.JOB_HEADER)
+    alone = [job(1, 0), job(2, 1)]
+    one.sent(alone)
+    assert alone[0].t_arrive == pytest.approx(2 * 8 * (T.JOB_HEADER + d) / 1000)
+    assert alone[0].t_arrive > jobs[0].t_arrive  # one master: all 2 x d through one link
+    # a result: its slices leave worker 1's host one after another (server 1's is local)
+    jb = jobs[0]
+    clock.arrived(jb, result(1, 0.0))
+    jb.result = result(1, 0.0)
+    clock.took(jb)
+    r0, r2 = 8 * (T.RESULT_HEADER + 4) / 1000, 8 * (T.RESULT_HEADER + 3) / 1000
+    assert clock.sim_now == pytest.approx(jb.t_done + r0)           # rank 0 has its slice
+    assert clock.in_free[2] == pytest.approx(jb.t_done + r0 + r2)   # server 2's came after it
+    state = clock.state_dict()
+    assert state["cost"].size == 3 + 2 * 3
+
+
 def test_the_wall_clock_numbers_arrivals_and_counts_dropped_work_when_it_comes():
     clock = WallClock(2)
     assert clock.arrived(job(1, 5), result(1, 0.0))[0] == (0, 5, 1)

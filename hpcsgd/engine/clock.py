@@ -18,6 +18,7 @@ from collections import Counter
 
 import numpy as np
 
+from hpcsgd.placement import even_counts
 from hpcsgd.stragglers import samples_done
 
 
@@ -160,42 +161,54 @@ class CostClock(SimulatedClock):
     - The master is one server: receiving a result and sending a job cost it
       ``master_message + master_message_per_param * p`` s each (p parameters carried), an
       update ``master_update + master_per_param * n`` s (n parameters stepped).  Work
-      queues for it in the order it comes.
+      queues for it in the order it comes.  With S parameter servers (``run.servers``)
+      each is such a server for its slice of the parameters: rank 0 on the master's
+      host, server s >= 1 beside the workers of worker host s (``servers_beside``; with
+      fewer worker hosts than that, round the hosts again) or on a host of its own.
     - Links: the master's host and every worker host (``workers_per_host`` workers in
       blocks, as hpcsgd.placement puts them) have one full-duplex link of
       ``link_gbit``.  A message of S bytes occupies the sender's outgoing link and the
       receiver's incoming one for S / rate each (cut-through: the second may start when
-      the first does), then ``latency`` s.  The jobs the master sends together share its
-      link and arrive together, when the last of them has crossed (``sent``); results
-      leave when their computations end and queue for the links in that order (the
-      order events are taken in).
+      the first does), then ``latency`` s; between processes of one host it is free.
+      The jobs a server sends together share its link and arrive together, when the
+      last of them has crossed (``sent``); a job has arrived when every server's slice
+      has.  Results leave when their computations end, one message per server in
+      server order, and queue for the links in the order events are taken.
     - A job's computation takes its drawn delay plus ``worker_job + worker_per_sample_param
       * batch * d`` s, and starts once the job has arrived and the worker is free.
 
     The trace then has ``wait_link`` (from the end of the computation to the result's
-    arrival at the master: transfer and queueing) and ``wait_master`` (from there until
-    the master took it) of the result that made each update."""
+    arrival at rank 0: transfer and queueing) and ``wait_master`` (from there until rank
+    0 took it) of the result that made each update."""
 
-    def __init__(self, n_workers: int, cost: dict, d: int, result_header: int, job_header: int):
+    def __init__(self, n_workers: int, cost: dict, d: int, result_header: int, job_header: int,
+                 servers: int = 1):
         super().__init__(n_workers)
         self.cost = cost
         self.d = d
         rate = cost["link_gbit"] * 1e9 / 8.0
         self.per_byte = 1.0 / rate if rate > 0 else 0.0
         self.latency = cost["latency"]
-        self.job_bytes = 8 * (job_header + d)
+        self.job_header = job_header
         self.result_header = result_header
+        self.sizes = even_counts(d, servers)  # each server's parameters
         per_host = cost["workers_per_host"]
         self.host = [0] + [1 + (j - 1) // per_host for j in range(1, n_workers + 1)]  # host 0: the master's
-        hosts = self.host[-1] + 1
-        # when each resource is free again: the master, every host's outgoing and incoming link
-        self.master_free = 0.0
+        worker_hosts = self.host[-1]
+        beside = cost["servers_beside"]
+        self.server_host = [0] + [1 + (s - 1) % worker_hosts if beside else worker_hosts + s
+                                  for s in range(1, servers)]
+        hosts = max(worker_hosts, *self.server_host) + 1
+        # when each resource is free again: every server, every host's outgoing and incoming link
+        self.master_free = np.zeros(servers)
         self.out_free = np.zeros(hosts)
         self.in_free = np.zeros(hosts)
         self.waits = (0.0, 0.0)  # wait_link, wait_master of the last result taken
 
     def _transfer(self, t: float, size: int, src: int, dst: int) -> float:
         """A message of ``size`` bytes leaves host ``src`` at ``t``: its arrival at ``dst``."""
+        if src == dst:
+            return t  # shared memory: not on the links
         s = size * self.per_byte
         start = max(t, self.out_free[src])
         self.out_free[src] = start + s
@@ -203,34 +216,44 @@ class CostClock(SimulatedClock):
         self.in_free[dst] = start + s
         return start + s + self.latency
 
-    def _master(self, t: float, seconds: float) -> float:
-        """Master work of ``seconds`` that can start at ``t``: when it is done."""
-        self.master_free = max(t, self.master_free) + seconds
-        return self.master_free
+    def _master(self, t: float, seconds: float, server: int = 0) -> float:
+        """Work of ``seconds`` for a server that can start at ``t``: when it is done."""
+        self.master_free[server] = max(t, self.master_free[server]) + seconds
+        return self.master_free[server]
 
     def _message(self, params: int) -> float:
         return self.cost["master_message"] + self.cost["master_message_per_param"] * params
 
     def sent(self, jobs: list) -> None:
-        """Jobs created together leave together: the master sends them one after another,
-        and its link shares its rate among them (TCP flows do; measured here: a sync
-        round's parameters reach every worker at about the same time, M * 8d / rate
+        """Jobs created together leave together: each server sends its slices one after
+        another, and its link shares its rate among them (TCP flows do; measured here: a
+        sync round's parameters reach every worker at about the same time, M * 8d / rate
         after the first left), so every one arrives when the batch's last byte has
-        crossed: on the master's link, and on each worker host's for its share."""
+        crossed: on the server's link, and on each worker host's for its share."""
         if not jobs:
             return
-        s = self.job_bytes * self.per_byte
-        leaves = [self._master(self.sim_now, self._message(self.d)) for _ in jobs]
-        start = max(leaves[0], self.out_free[0])
-        end = max(start + s * len(jobs), leaves[-1] + s)
-        self.out_free[0] = end
-        share = Counter(self.host[job.worker] for job in jobs)  # jobs per destination host
-        done = {}
-        for h, n in share.items():
-            begin = max(start, self.in_free[h])
-            done[h] = self.in_free[h] = max(begin + s * n, end)
-        for job in jobs:
-            job.t_arrive = done[self.host[job.worker]] + self.latency
+        arrive = [-math.inf] * len(jobs)
+        for server, (src, n) in enumerate(zip(self.server_host, self.sizes)):
+            s = 8 * (self.job_header + n) * self.per_byte
+            leaves = [self._master(self.sim_now, self._message(n), server) for _ in jobs]
+            far = [i for i, job in enumerate(jobs) if self.host[job.worker] != src]
+            for i, job in enumerate(jobs):
+                if self.host[job.worker] == src:
+                    arrive[i] = max(arrive[i], leaves[i])
+            if not far:
+                continue
+            start = max(leaves[0], self.out_free[src])
+            end = max(start + s * len(far), leaves[-1] + s)
+            self.out_free[src] = end
+            share = Counter(self.host[jobs[i].worker] for i in far)  # jobs per destination host
+            done = {}
+            for h, count in share.items():
+                begin = max(start, self.in_free[h])
+                done[h] = self.in_free[h] = max(begin + s * count, end)
+            for i in far:
+                arrive[i] = max(arrive[i], done[self.host[jobs[i].worker]] + self.latency)
+        for job, t in zip(jobs, arrive):
+            job.t_arrive = t
 
     def arrived(self, job, result) -> tuple[tuple | None, int, int]:
         w = job.worker
@@ -247,30 +270,42 @@ class CostClock(SimulatedClock):
         return max(job.t_arrive, self.worker_end[job.worker])
 
     def took(self, job) -> None:
-        params = self.d * (1 + job.result.pairs.shape[0])
-        here = self._transfer(job.t_done, 8 * (self.result_header + params), self.host[job.worker], 0)
-        taken = max(here, self.master_free)
-        self.sim_now = self._master(here, self._message(params))
-        self.waits = (here - job.t_done, taken - here)
+        """The result's slices cross to their servers; rank 0 takes the event once it
+        has handled its own (the pair differences come to it alone)."""
+        src = self.host[job.worker]
+        for server, (dst, n) in enumerate(zip(self.server_host, self.sizes)):
+            params = n + (self.d * job.result.pairs.shape[0] if server == 0 else 0)
+            here = self._transfer(job.t_done, 8 * (self.result_header + params), src, dst)
+            taken = max(here, self.master_free[server])
+            done = self._master(here, self._message(params), server)
+            if server == 0:
+                self.sim_now, self.waits = done, (here - job.t_done, taken - here)
 
     def charge_update(self, n_params: int) -> None:
+        """An update that stepped ``n_params`` of rank 0's parameters: every server steps
+        the same share of its own."""
         c = self.cost
-        self.sim_now = self._master(self.sim_now, c["master_update"] + c["master_per_param"] * n_params)
+        for server, n in enumerate(self.sizes):
+            stepped = n_params if server == 0 else round(n_params * n / self.sizes[0])
+            done = self._master(self.sim_now, c["master_update"] + c["master_per_param"] * stepped, server)
+            if server == 0:
+                now = done
+        self.sim_now = now
 
     def trace_row(self) -> dict:
         return {"wait_link": self.waits[0], "wait_master": self.waits[1]}
 
     def state_dict(self) -> dict:
         return {**super().state_dict(),
-                "cost": np.concatenate([[self.master_free], self.out_free, self.in_free])}
+                "cost": np.concatenate([self.master_free, self.out_free, self.in_free])}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         cost = np.asarray(state["cost"], dtype=np.float64)
-        n = self.out_free.size
-        self.master_free = float(cost[0])
-        self.out_free[:] = cost[1:1 + n]
-        self.in_free[:] = cost[1 + n:1 + 2 * n]
+        S, n = self.master_free.size, self.out_free.size
+        self.master_free[:] = cost[:S]
+        self.out_free[:] = cost[S:S + n]
+        self.in_free[:] = cost[S + n:S + 2 * n]
 
 
 COST_COLUMNS = {"wait_link": float, "wait_master": float}  # the trace columns a CostClock adds
@@ -279,10 +314,11 @@ CALIBRATED = ("master_update", "master_per_param", "master_message", "master_mes
               "worker_per_sample_param")
 
 
-def make_clock(kind: str, n_workers: int, cost: dict | None = None, d: int = 0, headers: tuple[int, int] = (0, 0)
-               ) -> Clock:
+def make_clock(kind: str, n_workers: int, cost: dict | None = None, d: int = 0, headers: tuple[int, int] = (0, 0),
+               servers: int = 1) -> Clock:
     """``cost``: the ``[cluster]`` table when ``cluster.cost`` is on (simulated clock only);
-    ``headers``: the result and job header lengths (float64 words)."""
+    ``headers``: the result and job header lengths (float64 words); ``servers``: the
+    parameter servers (``run.servers``)."""
     if kind == "simulated" and cost is not None and cost.get("cost"):
-        return CostClock(n_workers, cost, d, *headers)
+        return CostClock(n_workers, cost, d, *headers, servers=servers)
     return (SimulatedClock if kind == "simulated" else WallClock)(n_workers)

@@ -64,7 +64,8 @@ class Engine:
         self.servers, self.records = servers, not follower
         # the sum of every server's partial inner product (None: this engine has them all)
         self.sums = servers.sum if servers else (follower_sum(comm) if follower else None)
-        self.clock = make_clock(run["clock"], self.M, cfg.get("cluster"), model.dim, (T.RESULT_HEADER, T.JOB_HEADER))
+        self.clock = make_clock(run["clock"], self.M, cfg.get("cluster"), model.dim, (T.RESULT_HEADER, T.JOB_HEADER),
+                                servers=run["servers"])
         self.costs = isinstance(self.clock, CostClock)  # the cost model's trace columns
         extras = {**(trace_extras or {}), **(COST_COLUMNS if self.costs else {})}
         self.recorder = Recorder(run, self.clock, extras=extras, quiet=quiet)
