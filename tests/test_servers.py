@@ -177,3 +177,21 @@ def test_the_cost_model_with_servers_resumes_exactly_and_keeps_its_servers(data_
     assert all(np.array_equal(whole[k], halves[k], equal_nan=True) for k in whole)
     one = dict(np.load(golden_file(M, "async-rr-exp-cost")))
     assert not np.array_equal(one["trace/sim_time"], whole["trace/sim_time"]), "servers change the charges"
+
+
+def test_the_servers_pflug_sum_is_the_one_server_sum_to_1e_12(data_dir, tmp_path):
+    """adaptive_k's Pflug statistic is a sum of inner products over the whole model:
+    with servers, each server's partial product is added in server order, so the sum
+    may differ from one server's in its last bits (bound: 1e-12 relative), while every
+    decision (the stage switches, so the whole trajectory) is the same."""
+    from golden_runs import runs
+    config = tmp_path / "job.toml"
+    config.write_text("# every key comes with --set\n")
+    sets = [f"data.dir='{data_dir}'", *BASE, *runs(M)["adaptive_k-pair-gamma-shards-lsq"], f"run.workers={M}"]
+    train(2, config, *sets, f"run.out='{tmp_path / 'one'}'")
+    train(5, config, *sets, f"run.out='{tmp_path / 'four'}'", "run.servers=4")
+    one, four = load_checkpoint(tmp_path / "one")[1], load_checkpoint(tmp_path / "four")[1]
+    s1, s4 = float(one["state"]["method"]["switch"]["S"]), float(four["state"]["method"]["switch"]["S"])
+    assert s1 != 0.0 and abs(s4 - s1) <= 1e-12 * abs(s1), (s1, s4)
+    assert np.array_equal(one["trace"]["stage"], four["trace"]["stage"])
+    assert np.array_equal(one["model"]["params"], four["model"]["params"])
