@@ -91,6 +91,16 @@ def golden_file(M: int, name: str) -> Path:
     return GOLDEN / f"M{M}-{name}.npz"
 
 
+def differs_from_recorded(got: dict, M: int, name: str) -> str:
+    """'' if ``got`` (``flat``'s columns) is the recorded golden run bit for bit, else what differs."""
+    with np.load(golden_file(M, name), allow_pickle=False) as want:
+        if set(want.files) != set(got):
+            return f"{name}: columns differ: {sorted(set(want.files) ^ set(got))}"
+        bad = [k for k in want.files if want[k].dtype != got[k].dtype
+               or not np.array_equal(want[k], got[k], equal_nan=True)]
+        return f"{name}: not bit-identical: {bad}" if bad else ""
+
+
 def flat(tree: dict) -> dict[str, np.ndarray]:
     """What a golden file holds: final parameters, every trace and eval column."""
     out = {"params": tree["model"]["params"]}

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from golden_runs import BASE, golden_file, runs_with_servers
+from golden_runs import BASE, differs_from_recorded, golden_file, runs_with_servers
 from hpcsgd.checkpoint import load_checkpoint
 from launch import MPIEXEC, ROOT, job_env
 
@@ -22,12 +22,7 @@ M = 4
 
 
 def differences(got: dict, name: str) -> str:
-    with np.load(golden_file(M, name), allow_pickle=False) as want:
-        if set(want.files) != set(got):
-            return f"{name}: columns differ: {sorted(set(want.files) ^ set(got))}"
-        bad = [k for k in want.files if want[k].dtype != got[k].dtype
-               or not np.array_equal(want[k], got[k], equal_nan=True)]
-        return f"{name}: not bit-identical: {bad}" if bad else ""
+    return differs_from_recorded(got, M, name)
 
 
 def mpirun(ranks: int, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
