@@ -123,6 +123,7 @@ def summarize(path, last: int = 10) -> dict:
         "world_size": world,
         "workers": max(world - 1, 0),
         "ranks": int(tree.get("ranks", world)),  # MPI ranks of the job that wrote it (virtual workers: fewer)
+        "servers": int(((config.get("run") or {}) if isinstance(config, dict) else {}).get("servers", 1)),
         "update": tree.get("update"),
         "epoch": tree.get("epoch"),
         "created": tree.get("created"),
@@ -304,7 +305,10 @@ def format_summary(s: dict) -> str:
     rows: list[tuple[str, str]] = []
     add = lambda k, v: rows.append((k, v))  # noqa: E731
     add("checkpoint", s["file"])
-    hosted = f", on {s['ranks'] - 1} worker ranks" if s["ranks"] != s["world_size"] else ""
+    worker_ranks = s["ranks"] - s["servers"]
+    hosted = f", on {worker_ranks} worker rank{'s' * (worker_ranks != 1)}" if worker_ranks != s["workers"] else ""
+    if s["servers"] > 1:
+        hosted += f", {s['servers']} parameter servers"
     add("method", f"{s['method']}  (clock {s['clock'] or '-'}, world size {s['world_size']} = "
                   f"master + {s['workers']} workers{hosted})")
     add("progress", f"update {_fmt(s['update'])}, epoch {_fmt(s['epoch'])}, "

@@ -170,6 +170,8 @@ def test_the_cost_model_with_servers_resumes_exactly_and_keeps_its_servers(data_
     whole, halves = flat(load_checkpoint(tmp_path / "whole")[1]), flat(load_checkpoint(out)[1])
     assert set(whole) == set(halves)
     assert all(np.array_equal(whole[k], halves[k], equal_nan=True) for k in whole)
+    from hpcsgd.inspect import format_summary, summarize
+    assert "on 2 worker ranks, 2 parameter servers" in format_summary(summarize(out))
     one = dict(np.load(golden_file(M, "async-rr-exp-cost")))
     assert not np.array_equal(one["trace/sim_time"], whole["trace/sim_time"]), "servers change the charges"
 
