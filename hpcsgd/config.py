@@ -509,12 +509,13 @@ def resolve_workers(cfg: dict, ranks: int) -> int:
     ranks; the config then names M (so that a resume on other ranks keeps it)."""
     check_world(cfg, ranks)
     M = cfg["run"]["workers"] or ranks
+    S = cfg["run"]["servers"]  # rank 0 and S - 1 more ranks are parameter servers
     if M < ranks:
         raise UserError(f"config: run.workers = {M} but the job has {ranks} worker ranks; launch with "
-                        f"mpiexec -n {M + 1}, or set run.workers >= {ranks}")
+                        f"mpiexec -n {M + S}, or set run.workers >= {ranks}")
     if M > ranks and cfg["run"]["clock"] != "simulated":
         raise UserError(f"config: run.workers = {M} on {ranks} worker ranks needs run.clock = 'simulated' "
-                        f"(in the wall clock every worker has a rank of its own: mpiexec -n {M + 1})")
+                        f"(in the wall clock every worker has a rank of its own: mpiexec -n {M + S})")
     cfg["run"]["workers"] = M
     return M
 

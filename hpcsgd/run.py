@@ -175,8 +175,9 @@ def _check_resumable(tree: dict | None, cfg: dict, world_size: int, path: Path |
                         f"run.servers = {stored['run'].get('servers', 1)}; the cost model's queues are per server, "
                         f"so it resumes with the same run.servers")
     if world_size - 1 > M or (world_size - 1 < M and cfg["run"]["clock"] != "simulated"):
-        can = f"mpiexec -n {M + 1}" if cfg["run"]["clock"] != "simulated" else \
-            f"mpiexec -n {M + 1} (or fewer ranks, down to 2: its workers become virtual workers)"
+        S = cfg["run"]["servers"]  # rank 0 and S - 1 more ranks are parameter servers
+        can = f"mpiexec -n {M + S}" if cfg["run"]["clock"] != "simulated" else \
+            f"mpiexec -n {M + S} (or fewer ranks, down to {1 + S}: its workers become virtual workers)"
         raise UserError(f"checkpoint {path} is a run of {M} workers, this job has {world_size - 1} worker ranks; "
                         f"resume with {can}")
 

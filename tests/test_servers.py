@@ -192,3 +192,11 @@ def test_the_servers_pflug_sum_is_the_one_server_sum_to_1e_12(data_dir, tmp_path
     assert s1 != 0.0 and abs(s4 - s1) <= 1e-12 * abs(s1), (s1, s4)
     assert np.array_equal(one["trace"]["stage"], four["trace"]["stage"])
     assert np.array_equal(one["model"]["params"], four["model"]["params"])
+
+
+def test_a_layout_error_counts_the_servers_in_the_launch_line():
+    from hpcsgd.config import resolve, resolve_workers
+    from hpcsgd.errors import UserError
+    cfg = resolve({}, ["run.servers=3", "run.workers=2"])
+    with pytest.raises(UserError, match=r"run.workers = 2 but the job has 4 worker ranks; launch with mpiexec -n 5"):
+        resolve_workers(cfg, 4)
