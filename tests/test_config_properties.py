@@ -11,7 +11,8 @@ import numpy as np
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from hpcsgd.config import (INT_LIMIT, SCHEMA, check_layout, keys_read, parse_override, resolve, resolve_checked)
+from hpcsgd.config import (INT_LIMIT, SCHEMA, _name, check_layout, keys_read, parse_override, resolve,
+                           resolve_checked)
 from hpcsgd.errors import UserError
 from hpcsgd.methods import make_method, stage_targets
 from hpcsgd.streams import make_stream
@@ -180,7 +181,9 @@ def test_any_override_text_parses_or_fails_as_user_error(text):
     try:
         resolve({}, [text])
     except UserError as exc:
-        assert f"{table}.{name}" in str(exc) or f"[{table}]" in str(exc), str(exc)
+        # the message names the table or key, quoted when it is not plain (hpcsgd.config._name)
+        named = (f"{table}.{name}", f"[{table}]", f"[{_name(table)}]", _name(name))
+        assert any(n in str(exc) for n in named), str(exc)
 
 
 # ---------------------------------------------------------------------- layout

@@ -28,6 +28,14 @@ from hpcsgd.methods.stepsize import (STEP_IGNORES, STEP_KEYS, STEP_SUMMARY, Step
 from hpcsgd.schema import Key
 
 
+def cut_blocks(d: int, blocks: int, part: slice) -> list[slice]:
+    """``blocks`` contiguous blocks of d coordinates, each as its coordinates within
+    ``part`` (indices relative to part.start; empty where a block lies outside it)."""
+    edges = np.linspace(0, d, min(blocks, d) + 1).round().astype(int)
+    clip = [min(max(int(e), part.start), part.stop) - part.start for e in edges]
+    return [slice(a, b) for a, b in zip(clip[:-1], clip[1:])]
+
+
 class AsyncBCD(Method):
     def __init__(self, n_workers: int, batch: int, policy: StepPolicy, dim: int, blocks: int):
         self.name = "async_bcd"
@@ -35,18 +43,17 @@ class AsyncBCD(Method):
         self.batch = batch
         self.policy = policy
         self.n_blocks = blocks
-        self.blocks: list[slice] | None = None  # in the engine's part: ``_blocks``
+        self.blocks = cut_blocks(dim, blocks, slice(0, dim))  # the whole model's; a server cuts its own
+        self.cut_for = (dim, slice(0, dim))
         # the blocks of each worker's jobs, oldest first (a worker answers in order)
         self.pending = {j: deque() for j in range(1, n_workers + 1)}
 
     def _blocks(self, engine) -> list[slice]:
-        """Each block's coordinates within the engine's part of the model: all of it, or
-        a parameter server's slice (where a block may lie partly or wholly outside)."""
-        if self.blocks is None:
-            d, part = engine.n_params, engine.part
-            edges = np.linspace(0, d, min(self.n_blocks, d) + 1).round().astype(int)
-            clip = [min(max(int(e), part.start), part.stop) - part.start for e in edges]
-            self.blocks = [slice(a, b) for a, b in zip(clip[:-1], clip[1:])]
+        """The blocks within the engine's part of the model: all of it, or a parameter
+        server's slice (where a block may lie partly or wholly outside)."""
+        if (engine.n_params, engine.part) != self.cut_for:
+            self.blocks = cut_blocks(engine.n_params, self.n_blocks, engine.part)
+            self.cut_for = (engine.n_params, engine.part)
         return self.blocks
 
     def _job(self, worker: int, engine):
