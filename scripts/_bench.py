@@ -173,7 +173,9 @@ def raw_allreduce(comm, d: int, rounds: int) -> float:
             workers.Allreduce(g, total)
         seconds = (time.perf_counter() - t0) / rounds
         workers.Free()
-    return comm.bcast(seconds, root=1)  # every rank returns worker 1's time
+    out = np.array([seconds if seconds is not None else 0.0])
+    comm.Bcast(out, root=1)  # every rank returns worker 1's time
+    return float(out[0])
 
 
 def save(name: str, results) -> Path:

@@ -217,7 +217,7 @@ class FakeWorkers:
         self.sent = {j: [] for j in range(1, M + 1)}
         self.load = [0, 0]
         self.sched = Scheduler([100] * M, self.clock, message=lambda params, v, b, p: (v, b, p),
-                               send=lambda j, buf: self.sent[j].append(buf), load=self, recycle=lambda r: None,
+                               send_job=lambda j, buf: self.sent[j].append(buf), load=self, recycle=lambda r: None,
                                withdraws=self.clock.withdraws_unsent)
         self.durations = durations
 

@@ -121,12 +121,13 @@ def test_only_rank_0_writes_files(tmp_path):
     base.mkdir()
     probe = subprocess.run([*CLUSTER, "run", "-n", "3", "--readonly", str(base), "--", sys.executable, "-c",
                             "from mpi4py import MPI\n"
+                            "from hpcsgd.comm import gather_text\n"
                             "c = MPI.COMM_WORLD\n"
                             "try:\n"
                             f"    open('{base}/x%d' % c.Get_rank(), 'w').close(); got = 'wrote'\n"
                             "except OSError as e:\n"
                             "    got = 'refused %d' % e.errno\n"
-                            "got = c.gather(got)\n"
+                            "got = gather_text(c, got)\n"
                             "if c.Get_rank() == 0: print(got)"],
                            capture_output=True, text=True, env=job_env())
     # the master's host writes; a worker host gets EROFS

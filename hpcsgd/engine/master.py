@@ -73,7 +73,7 @@ class Engine:
         pairs = 0 if follower else ORDERINGS[order["kind"]].pair_differences(order["batch"])
         self.link = T.MasterTransport(comm, dim, pairs, workers, held=lambda: self.scheduler.held_buffers(),
                                       pair_d=model.dim)
-        self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send=self.link.send_job,
+        self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send_job=self.link.send_job,
                                    load=self.recorder, recycle=self.link.recycle,
                                    observe=None if self.clock.simulated else method.observe,
                                    withdraws=self.clock.withdraws_unsent and servers is None and not follower)

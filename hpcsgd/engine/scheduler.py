@@ -120,18 +120,19 @@ class EpochMirror:
 
 class Scheduler:
     """``message(params, version, batch, preemptible)`` makes a job's buffer and
-    ``send(worker, buf)`` sends it; ``load`` books the current trace row's load (its
-    ``samples`` and ``messages``); ``recycle(result)`` frees a result's buffer;
+    ``send_job(worker, buf)`` sends it (a non-blocking buffer send); ``load`` books the
+    current trace row's load (its ``samples`` and ``messages``); ``recycle(result)``
+    frees a result's buffer;
     ``observe(job, result)`` (wall clock) lets the method watch every reply;
     ``withdraws``: cancelled jobs not sent yet are dropped unsent (the wall clock's
     policy, except with parameter servers: every server must send the same jobs)."""
 
-    def __init__(self, shard_sizes: list[int], clock, message: Callable, send: Callable, load,
+    def __init__(self, shard_sizes: list[int], clock, message: Callable, send_job: Callable, load,
                  recycle: Callable, observe: Callable | None = None, withdraws: bool = False):
         M = len(shard_sizes)
         self.workers = range(1, M + 1)
         self.clock = clock
-        self.message, self.send, self.load, self.recycle, self.observe = message, send, load, recycle, observe
+        self.message, self.send_job, self.load, self.recycle, self.observe = message, send_job, load, recycle, observe
         self.withdraws = withdraws
         self.mirror = EpochMirror(shard_sizes)
         self.jobs: dict[int, deque[Job]] = {j: deque() for j in self.workers}
@@ -167,7 +168,7 @@ class Scheduler:
         self.jobs[worker].append(job)
         self.load.messages += 1
         if self.unanswered[worker] < SEND_WINDOW and not self.held[worker]:
-            self.send(worker, buf)
+            self.send_job(worker, buf)
             job.sent_at = time.monotonic()
             self.unanswered[worker] += 1
         else:
@@ -179,7 +180,7 @@ class Scheduler:
         """Send the worker's held jobs, oldest first, while it has room."""
         for job in self.jobs[worker]:
             if job.held:
-                self.send(worker, job.buf)
+                self.send_job(worker, job.buf)
                 job.buf = None
                 job.sent_at = time.monotonic()
                 self.held[worker] -= 1
