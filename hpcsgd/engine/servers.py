@@ -190,13 +190,11 @@ def follow(engine, comm: MPI.Comm, fresh: bool) -> int:
             comm.Send(engine.params, dest=0, tag=TAG_SLICE)
         elif kind == GATHER_STATE:
             engine._drain()
-            row = engine.link.result_row
-            live = sorted((j for q in sched.jobs.values() for j in q), key=lambda j: j.seq)
             p = engine.state.state_dict()
+            # the results in flight, as rank 0's checkpoint keeps them: this slice of each gradient
+            results = sched.state_dict(engine.link.result_row, engine.link.row_width)["results"]
             C.send_tree(comm, 0, {"params": p["params"], "momentum": p["momentum"],
-                                  "method": engine.method.state_dict(),
-                                  "results": np.array([row(j.result) for j in live], dtype=np.float64).reshape(
-                                      -1, engine.link.row_width)}, TAG_SLICE)
+                                  "method": engine.method.state_dict(), "results": results}, TAG_SLICE)
         elif kind == STOP:
             engine._drain()
             engine.link.close()
