@@ -49,8 +49,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
                        "queue, the run bit-identical to one rank per worker (needs clock = simulated)", minimum=0),
         "servers": Key(1, int, "parameter servers S: rank 0 and the job's last S - 1 ranks each own a contiguous "
                        "slice of the parameters and of the method's per-parameter state, the run bit-identical "
-                       "to S = 1 in the simulated clock (mpiexec -n R + S for R worker ranks; adaptive_k and "
-                       "adaptive_kb only in the simulated clock)", minimum=1, maximum=1024),
+                       "to S = 1 in the simulated clock unless the cost model charges the servers (mpiexec -n "
+                       "R + S for R worker ranks; adaptive_k and adaptive_kb only in the simulated clock)", minimum=1, maximum=1024),
         "clock": Key("wall", str, "wall (real time, real sleeps) or simulated (reproducible event order; "
                      "time advances only by the injected delays)", choices=("wall", "simulated"),
                      does={"simulated": "takes iteration times from the delay model",
