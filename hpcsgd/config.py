@@ -102,6 +102,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                      "(full local gradients; rr/so only); even or 1 for pair and cd_grab", minimum=0,
                      at_most="n_min"),
         "record_history": Key(False, bool, "store every epoch's orders in /order/history"),
+        "pair_dtype": Key("float64", str, "cd_grab: the pair differences' type on the wire (the master's "
+                          "running sum stays float64; float32 halves the bytes and may flip a sign whose dot "
+                          "is within rounding of 0)", choices=("float64", "float32")),
     },
     "stragglers": {
         "model": Key("none", str, "delay distribution of every job, in seconds: none (no delay), fixed "

@@ -255,7 +255,7 @@ def run_job(comm: MPI.Comm, cfg: dict | None, resume_tree: dict | None = None,
     hosted = workers.hosted(rank)
     others = [(slices.ranks[s], slices.of(s)) for s in slices.followers()] if slices else ()
     link = T.WorkerTransport(comm, model.dim, batch, ORDERINGS[kind].pair_differences(batch), len(hosted),
-                             servers=others)
+                             servers=others, pair_dtype=cfg["order"]["pair_dtype"])
     grads = np.empty((batch, model.dim)) if ORDERINGS[kind].per_example else None
     with StopRequest() as stop:
         return WorkerRank(link, [_worker(cfg, j, slot, link, model, local[j], sizes[j - 1], stop, grads)

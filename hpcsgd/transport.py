@@ -22,6 +22,7 @@ evaluation reply holds one row per hosted worker.
     state set    [version, 0, 0], then a tree                  TAG_STATE_SET (+ slot)
     release      [version, 0, exit status]                     TAG_RELEASE (per rank)
     result       [RESULT header | gradient | pair differences] TAG_RESULT
+                 (the pairs in ``order.pair_dtype``: float32 ones packed two per slot)
     eval reply   [EVAL header | gradient sum] per hosted worker TAG_EVAL_RESULT
     state tree   (comm.send_tree)                              TAG_TREE (+ slot)
 """
@@ -85,11 +86,22 @@ EVAL_HEADER = 7
 SPARE_BUFFERS = 4  # job buffers of past versions kept for reuse
 
 
-def result_length(d: int, pair_differences: int, pair_d: int | None = None) -> int:
+def pair_slots(count: int, pair_d: int, pair_dtype=np.float64) -> int:
+    """float64 slots that ``count`` pair differences of ``pair_d`` values take."""
+    return -(-count * pair_d * np.dtype(pair_dtype).itemsize // 8)
+
+
+def pair_view(buf: np.ndarray, start: int, count: int, pair_d: int, pair_dtype=np.float64) -> np.ndarray:
+    """The [count, pair_d] pair differences stored in ``buf`` from slot ``start``."""
+    raw = buf[start:start + pair_slots(count, pair_d, pair_dtype)]
+    return raw.view(pair_dtype)[:count * pair_d].reshape(count, pair_d)
+
+
+def result_length(d: int, pair_differences: int, pair_d: int | None = None, pair_dtype=np.float64) -> int:
     """Longest result message: header, gradient, and the pair differences a coordinated
     ordering ships (``Ordering.pair_differences``; ``pair_d`` parameters each: the whole
     model's, also when the gradient is a parameter server's slice of d)."""
-    return RESULT_HEADER + d + (d if pair_d is None else pair_d) * pair_differences
+    return RESULT_HEADER + d + pair_slots(pair_differences, d if pair_d is None else pair_d, pair_dtype)
 
 
 def _header(version: int, batch: int = 0, flags: int = 0, d: int = 0) -> np.ndarray:
@@ -119,7 +131,7 @@ def pack_result(out: np.ndarray, worker: int, version: int, batch: int, samples:
     out[:RESULT_HEADER] = h
 
 
-def unpack_result(buf: np.ndarray, d: int, pair_d: int | None = None) -> Result:
+def unpack_result(buf: np.ndarray, d: int, pair_d: int | None = None, pair_dtype=np.float64) -> Result:
     """A result message as the methods see it (gradient and pairs are views into ``buf``;
     ``pair_d``: the pairs' length when the gradient is a slice of d)."""
     pair_d = d if pair_d is None else pair_d
@@ -130,7 +142,7 @@ def unpack_result(buf: np.ndarray, d: int, pair_d: int | None = None) -> Result:
                   loss_sum=float(h[R_LOSS_SUM]), abandoned=bool(h[R_ABANDONED]),
                   epoch=int(h[R_EPOCH]), stop=bool(h[R_STOP]),
                   grad=buf[RESULT_HEADER:RESULT_HEADER + d],
-                  pairs=buf[RESULT_HEADER + d:RESULT_HEADER + d + pair_d * int(h[R_PAIRS])].reshape(-1, pair_d),
+                  pairs=pair_view(buf, RESULT_HEADER + d, int(h[R_PAIRS]), pair_d, pair_dtype),
                   buf=buf)
 
 
@@ -153,7 +165,8 @@ class MasterTransport:
     job buffers the scheduler still holds unsent, so that none is reused early)."""
 
     def __init__(self, comm: MPI.Comm, d: int, pair_differences: int, workers: WorkerMap,
-                 held: Callable[[], Sequence[np.ndarray]] = tuple, pair_d: int | None = None):
+                 held: Callable[[], Sequence[np.ndarray]] = tuple, pair_d: int | None = None,
+                 pair_dtype=np.float64):
         """``d``: the parameters this rank owns (all, or a parameter server's slice);
         ``pair_d``: the length of a pair difference (the whole model's)."""
         self.comm = comm
@@ -163,7 +176,8 @@ class MasterTransport:
         self.d = d
         self.pair_d = d if pair_d is None else pair_d
         self.held = held
-        self.recv_size = result_length(d, pair_differences, self.pair_d)
+        self.pair_dtype = np.dtype(pair_dtype)
+        self.recv_size = result_length(d, pair_differences, self.pair_d, self.pair_dtype)
         self.row_width = RESULT_HEADER + d  # a result without pair differences (``result_row``)
         self.send_reqs: list[MPI.Request] = []  # sends not known complete, and their buffers
         self.send_bufs: list[np.ndarray] = []
@@ -272,7 +286,7 @@ class MasterTransport:
             rank = i + 1
             buf = self.recv_bufs[rank]
             self.recvs[i] = self._post_recv(rank)
-            out.append(unpack_result(buf, self.d, self.pair_d))
+            out.append(unpack_result(buf, self.d, self.pair_d, self.pair_dtype))
         return out
 
     def recycle(self, result: Result) -> None:
@@ -290,7 +304,7 @@ class MasterTransport:
         else:
             buf[:self.row_width] = row
         buf[R_WORKER] = worker
-        return unpack_result(buf, self.d, self.pair_d)
+        return unpack_result(buf, self.d, self.pair_d, self.pair_dtype)
 
     # ---------------------------------------------------------------- evaluation
     def request_eval(self, params: np.ndarray, version: int) -> list[MPI.Request]:
@@ -339,7 +353,7 @@ class WorkerTransport:
     has a receive posted for it)."""
 
     def __init__(self, comm: MPI.Comm, d: int, batch: int, pair_differences: int, hosted: int = 1,
-                 servers: Sequence[tuple[int, slice]] = ()):
+                 servers: Sequence[tuple[int, slice]] = (), pair_dtype=np.float64):
         """``servers``: (rank, slice of the parameters) of every parameter server but rank
         0 (``run.servers``): a job's model comes in slices, rank 0's with the header,
         and each server gets its slice of the gradient."""
@@ -347,14 +361,15 @@ class WorkerTransport:
         self.d = d
         self.inbox = np.empty(JOB_HEADER + max(d, batch))  # a job, or up to B/2 signs
         self.params = self.inbox[JOB_HEADER:JOB_HEADER + d]  # the model of a job or evaluation
-        self.out = np.empty(result_length(d, pair_differences))
+        self.pair_dtype = np.dtype(pair_dtype)
+        self.out = np.empty(result_length(d, pair_differences, pair_dtype=self.pair_dtype))
         self.grad = self.out[RESULT_HEADER:RESULT_HEADER + d]  # where the mean gradient goes
         self.servers = list(servers)
         self.own = slice(0, servers[0][1].start) if servers else slice(0, d)  # rank 0's slice
         self.slice_in = [np.empty(JOB_HEADER + part.stop - part.start) for _, part in self.servers]
         self.slice_out = [np.empty(RESULT_HEADER + part.stop - part.start) for _, part in self.servers]
         # rank 0's message when pairs follow a slice of the gradient: [header | slice | pairs]
-        self.lead_out = np.empty(RESULT_HEADER + self.own.stop + d * pair_differences) \
+        self.lead_out = np.empty(RESULT_HEADER + self.own.stop + pair_slots(pair_differences, d, self.pair_dtype)) \
             if servers and pair_differences else None
         self.eval_out = np.empty((hosted, EVAL_HEADER + d))   # a row per hosted worker
         self.status = MPI.Status()
@@ -391,9 +406,9 @@ class WorkerTransport:
         return self.inbox[:self.status.Get_count(MPI.DOUBLE)].astype(np.int8)
 
     def pair_slot(self, count: int) -> np.ndarray:
-        """Where ``count`` pair differences go, after the gradient: [count, d]."""
-        d = self.d
-        return self.out[RESULT_HEADER + d:RESULT_HEADER + d * (1 + count)].reshape(count, d)
+        """Where ``count`` pair differences go, after the gradient: [count, d] of
+        ``order.pair_dtype``."""
+        return pair_view(self.out, RESULT_HEADER + self.d, count, self.d, self.pair_dtype)
 
     def reply(self, worker: int, version: int, batch: int, samples: int, delay_comm: float,
               delay_compute: float, compute: float, loss_sum: float, abandoned: bool, pairs: int, epoch: int,
@@ -402,12 +417,13 @@ class WorkerTransport:
         never used) the gradient in ``grad`` and ``pairs`` differences in ``pair_slot``."""
         pack_result(self.out, worker, version, batch, samples, delay_comm, delay_compute, compute, loss_sum,
                     abandoned, pairs, epoch, stop)
-        n = RESULT_HEADER if abandoned else RESULT_HEADER + self.own.stop + self.d * pairs
+        slots = pair_slots(pairs, self.d, self.pair_dtype)
+        n = RESULT_HEADER if abandoned else RESULT_HEADER + self.own.stop + slots
         lead = self.out
         if pairs and self.servers:  # the pairs (whole d-vectors) go to rank 0 only, after its slice
             lead = self.lead_out
             lead[:RESULT_HEADER + self.own.stop] = self.out[:RESULT_HEADER + self.own.stop]
-            lead[RESULT_HEADER + self.own.stop:n] = self.out[RESULT_HEADER + self.d:RESULT_HEADER + self.d * (1 + pairs)]
+            lead[RESULT_HEADER + self.own.stop:n] = self.out[RESULT_HEADER + self.d:RESULT_HEADER + self.d + slots]
         self.comm.Send(lead[:n], dest=0, tag=TAG_RESULT)
         for (rank, part), buf in zip(self.servers, self.slice_out):
             buf[:RESULT_HEADER] = self.out[:RESULT_HEADER]

@@ -222,6 +222,24 @@ def test_pair_sign_kernels_are_bit_identical_to_the_reference(d):
     assert same(s, want_s) and np.array_equal(eps[0], want_eps)
 
 
+@pytest.mark.parametrize("d", [0, 1, 3, 4, 5, 8, 11, 37, 1001])
+def test_cd_grab_signs_take_float32_differences_and_per_worker_buffers(d):
+    # order.pair_dtype = float32: every difference is widened exactly, so the signs and
+    # the float64 sum are the reference's on the float64 copy of the same values; a tuple
+    # of per-worker [Q, d] buffers (the master's result buffers) gives the stacked result
+    rng = np.random.default_rng(100 + d)
+    diffs = (rng.standard_normal((3, 4, d)) * 10.0 ** rng.integers(-3, 3, (3, 4, d))).astype(np.float32)
+    s0 = rng.standard_normal(d)
+    interleaved = np.zeros((2 * 12, d))  # rows 2q, 2q+1 with row 2q - row 2q+1 = the difference
+    interleaved[0::2] = diffs.astype(np.float64).transpose(1, 0, 2).reshape(12, d)
+    want_s, want_eps = ref_pair_signs(s0, interleaved)
+    for given in (diffs, tuple(diffs), diffs.astype(np.float64), tuple(diffs.astype(np.float64))):
+        s, eps = s0.copy(), np.empty((3, 4), dtype=np.int8)
+        cd_grab_signs(s, given, eps)
+        assert s.tobytes() == want_s.tobytes()
+        assert np.array_equal(eps.T.reshape(-1), want_eps)
+
+
 def test_cd_grab_worker_pairs_carry_an_odd_example():
     n, d = 11, 6
     G = gradients(1, 1, n, d, seed=15)[0, 0]

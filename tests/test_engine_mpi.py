@@ -253,9 +253,11 @@ def test_resume_refuses_other_world_size(data_dir):
         resume(base / "run")
 
 
-def test_cd_grab_orders_equal_the_standalone_object(data_dir):
+@pytest.mark.parametrize("pair_dtype", ["float64", "float32"])
+def test_cd_grab_orders_equal_the_standalone_object(data_dir, pair_dtype):
     """The engine's CD-GraB (signs at the master, placement on the workers) builds the
-    same orders as the standalone ``cd_grab`` fed the same per-example gradients.
+    same orders as the standalone ``cd_grab`` fed the same per-example gradients; with
+    ``order.pair_dtype = float32``, fed their pair differences rounded to float32.
 
     A vanishing step (1e-300) leaves every gradient equal to its value at w = 0, so
     the test can recompute them from the data."""
@@ -267,7 +269,7 @@ def test_cd_grab_orders_equal_the_standalone_object(data_dir):
     M, B, epochs = comm().Get_size() - 1, 6, 3
     status = train(data_dir, out, "data.source='breast_cancer'", "model.kind='logistic'",
                    "order.kind='cd_grab'", f"order.batch={B}", f"run.epochs={epochs}",
-                   "order.record_history=true", "method.lr=1e-300")
+                   "order.record_history=true", "method.lr=1e-300", f"order.pair_dtype='{pair_dtype}'")
     assert status == 0
 
     def check():
@@ -282,6 +284,9 @@ def test_cd_grab_orders_equal_the_standalone_object(data_dir):
             model.per_example_grads(np.zeros(model.dim), X, y, np.arange(n), G)
             grads.append(G)
         order = make_ordering("cd_grab", [n] * M, seed=0)
+        if pair_dtype == "float32":  # the reference's differences, rounded as the wire rounds them
+            pairs = order._pairs
+            order._pairs = lambda i, g: (lambda first, second, c: (first, second, c.astype(np.float32)))(*pairs(i, g))
         want = []
         for e in range(epochs):
             perms = order.next_epoch()

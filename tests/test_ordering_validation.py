@@ -109,10 +109,12 @@ def test_kernels_refuse_shapes_that_would_index_past_an_end():
         pair_signs(s, np.ones((3, 5)), eps)  # 3 pairs, 2 signs
     with pytest.raises(ValueError, match="rows must have shape"):
         pair_row_signs(s, rows, eps)
-    with pytest.raises(ValueError, match="cd_grab_signs: diffs must have shape"):
+    with pytest.raises(ValueError, match="cd_grab_signs: each worker's diffs must have shape"):
         cd_grab_signs(s, np.ones((2, 2, 3)), np.empty((2, 2), dtype=np.int8))
-    with pytest.raises(ValueError, match="cd_grab_signs: diffs must have shape"):
+    with pytest.raises(ValueError, match="cd_grab_signs: diffs must hold M"):
         cd_grab_signs(s, np.ones((2, 2, 5)), np.empty((1, 2), dtype=np.int8))
+    with pytest.raises(ValueError, match="cd_grab_signs: each worker's diffs must have shape"):
+        cd_grab_signs(s, (np.ones((2, 5)), np.ones((1, 5))), np.empty((2, 2), dtype=np.int8))
     first, second, signs = ids[:2], ids[2:], np.ones(2, dtype=np.int8)
     with pytest.raises(ValueError, match="place_pairs"):
         place_pairs(nxt, first, second[:1], signs, 0, 5)  # one second for two pairs

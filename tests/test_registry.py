@@ -64,6 +64,12 @@ class FakeEngine:
     def send_signs(self, worker, eps):
         pass
 
+    def keep(self, r):
+        pass
+
+    def recycle(self, r):
+        pass
+
     def queued(self, worker):
         return len(self.jobs[worker])
 

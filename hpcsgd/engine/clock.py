@@ -274,7 +274,8 @@ class CostClock(SimulatedClock):
         has handled its own (the pair differences come to it alone)."""
         src = self.host[job.worker]
         for server, (dst, n) in enumerate(zip(self.server_host, self.sizes)):
-            params = n + (self.d * job.result.pairs.shape[0] if server == 0 else 0)
+            # the pairs in their wire type (order.pair_dtype), in float64 slots
+            params = n + (job.result.pairs.nbytes / 8 if server == 0 else 0)
             here = self._transfer(job.t_done, 8 * (self.result_header + params), src, dst)
             taken = max(here, self.master_free[server])
             done = self._master(here, self._message(params), server)

@@ -34,6 +34,7 @@ class Result:
     grad: np.ndarray      # mean gradient [d]
     pairs: np.ndarray     # [Q, d] pair differences (Q = 0 unless the master balances)
     buf: np.ndarray = field(repr=False)  # the receive buffer behind grad and pairs
+    kept: bool = field(default=False, repr=False)  # a method took it (Engine.keep) and recycles it itself
 
     @property
     def carries_gradient(self) -> bool:
@@ -64,6 +65,13 @@ class Engine(Protocol):
 
     def send_signs(self, worker: int, eps: np.ndarray) -> None:
         """CD-GraB signs for the worker's last pairs."""
+
+    def keep(self, r: Result) -> None:
+        """Hold ``r`` (its gradient and pairs, views into a receive buffer) past
+        ``on_result``, e.g. to read its pairs off the critical path; ``recycle`` it then."""
+
+    def recycle(self, r: Result) -> None:
+        """Give a kept result's buffer back for the next message."""
 
     def queued(self, worker: int) -> int:
         """Jobs created for ``worker`` and not yet taken as events."""

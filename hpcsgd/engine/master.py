@@ -72,7 +72,7 @@ class Engine:
         # CD-GraB's pair differences (whole d-vectors) come to rank 0 alone: it signs them
         pairs = 0 if follower else ORDERINGS[order["kind"]].pair_differences(order["batch"])
         self.link = T.MasterTransport(comm, dim, pairs, workers, held=lambda: self.scheduler.held_buffers(),
-                                      pair_d=model.dim)
+                                      pair_d=model.dim, pair_dtype=order["pair_dtype"])
         self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send_job=self.link.send_job,
                                    load=self.recorder, recycle=self.link.recycle,
                                    observe=None if self.clock.simulated else method.observe,
@@ -134,6 +134,12 @@ class Engine:
     # cancel_jobs_before, send_signs, queued and at_epoch_end are the parts' own methods,
     # bound in __init__ (a method calls them on every update)
 
+    def keep(self, r) -> None:
+        r.kept = True
+
+    def recycle(self, r) -> None:
+        self.link.recycle(r)  # (r stays marked kept: the loop must not recycle it again)
+
     def overdue_seconds(self) -> list[float]:
         return self.scheduler.overdue(time.monotonic())
 
@@ -165,7 +171,8 @@ class Engine:
                 self.recorder.took(job.batch, job.result.compute_seconds)
                 t2 = time.perf_counter()
                 self.pending.extend(self.method.on_result(self, job.result))
-                self.link.recycle(job.result)
+                if not job.result.kept:
+                    self.link.recycle(job.result)
                 self.busy_seconds += (t1 - t0) + (time.perf_counter() - t2)
                 self.wait_seconds += t2 - t1
                 if self.updated:

@@ -31,10 +31,11 @@ def _term_impl(v, w, k):
 
 
 _V4 = ir.VectorType(ir.DoubleType(), 4)
+_V4F = ir.VectorType(ir.FloatType(), 4)
 
 
-def _float64_vector(a):
-    return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype == types.float64
+def _vector(a, dtypes=(types.float64,)):
+    return isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" and a.dtype in dtypes
 
 
 @intrinsic
@@ -45,11 +46,14 @@ def _lane_sums(typingctx, s, v, w):
     One <4 x double> accumulator whose lane r takes exactly the adds a scalar a_r would,
     so the sums are bit-identical to four scalar ones, at a quarter of the instructions.
     Written by hand because Numba turns LLVM's SLP vectoriser off and its loop
-    vectoriser only vectorises a float sum it may reassociate.
+    vectoriser only vectorises a float sum it may reassociate.  Stored differences
+    (w None) may be float32 (``order.pair_dtype``): each is widened to float64 exactly
+    before it is used, so the sums are those of the float64 copy of the same values.
     """
-    if not (_float64_vector(s) and _float64_vector(v)
-            and (_float64_vector(w) or isinstance(w, types.NoneType))):
+    if not (_vector(s) and (_vector(w) or (isinstance(w, types.NoneType)
+                                           and _vector(v, (types.float64, types.float32))))):
         return None
+    narrow = v.dtype == types.float32
     sig = types.UniTuple(types.float64, 4)(s, v, w)
 
     def codegen(context, builder, sig, args):
@@ -61,11 +65,13 @@ def _lane_sums(typingctx, s, v, w):
         with cgutils.for_range(builder, builder.sdiv(n, four)) as loop:
             k = builder.mul(loop.index, four)
 
-            def load(a):
+            def load(a, narrow=False):
                 p = builder.gep(a.data, [k], inbounds=True)
+                if narrow:  # four float32, widened exactly
+                    return builder.fpext(builder.load(builder.bitcast(p, _V4F.as_pointer()), align=4), _V4)
                 return builder.load(builder.bitcast(p, _V4.as_pointer()), align=8)
 
-            c = load(arrays[1])
+            c = load(arrays[1], narrow)
             if len(arrays) == 3:
                 c = builder.fsub(c, load(arrays[2]))
             builder.store(builder.fadd(builder.load(acc), builder.fmul(load(arrays[0]), c)), acc)
@@ -107,16 +113,20 @@ def _balance(s, v, w):
 def cd_grab_signs(s, diffs, eps):
     """Coordinated signs: pair index q outer, worker j inner, one shared running sum.
 
-    s: float64 [d], updated in place; diffs: [M, Q, d] pair differences g_a - g_b;
-    eps: int8 [M, Q], written: +1 when <s, c> <= 0 (then s += c), else -1 (s -= c).
+    s: float64 [d], updated in place; diffs: pair differences g_a - g_b, float64 or
+    float32, as one [M, Q, d] array or a tuple of M [Q, d] arrays (the master's result
+    buffers, read where they arrived); eps: int8 [M, Q], written: +1 when <s, c> <= 0
+    (then s += c), else -1 (s -= c).
     """
-    M, Q = diffs.shape[0], diffs.shape[1]
-    if diffs.shape[2] != s.size or eps.shape[0] != M or eps.shape[1] != Q:
-        raise ValueError("cd_grab_signs: diffs must have shape (M, Q, len(s)) and eps (M, Q)")
+    M, Q = eps.shape[0], eps.shape[1]
+    if len(diffs) != M:
+        raise ValueError("cd_grab_signs: diffs must hold M = eps.shape[0] workers' pairs")
+    for j in range(M):
+        if diffs[j].shape[0] != Q or diffs[j].shape[1] != s.size:
+            raise ValueError("cd_grab_signs: each worker's diffs must have shape (eps.shape[1], len(s))")
     for q in range(Q):
         for j in range(M):
-            c = diffs[j, q]
-            eps[j, q] = _balance(s, c, None)
+            eps[j, q] = _balance(s, diffs[j][q], None)
 
 
 @njit(cache=True, error_model="numpy")

@@ -26,7 +26,7 @@ class FastestK(Method):
         # CD-GraB: the master decides every worker's pair signs from all workers' pair
         # differences, pair index outer, worker rank inner (so it needs k = M).
         self.signs = CoordinatedSigns() if coordinate else None
-        self.diffs = None
+        self.kept: list = [None] * n_workers  # this round's results, by worker, while their pairs wait
         self.k = k
         self.n_workers = n_workers
         self.batch = batch
@@ -53,15 +53,16 @@ class FastestK(Method):
                 add_into(self.acc, r.grad)
             total = self.acc
         self.contributors.append(r.worker)
-        if self.signs is not None:
-            self._keep_pairs(r)
+        if self.signs is not None and r.pairs.shape[0]:
+            engine.keep(r)  # its pairs are read where they arrived, once the next round is out
+            self.kept[r.worker - 1] = r
         if len(self.contributors) < self.k:
             return []
         engine.apply(total, contributors=self.contributors, staleness=engine.version - r.version,
                      batch=self.batch, scale=1.0 / self.k, extra=self.trace_extra())
         self.after_update(engine, total, 1.0 / self.k)
         engine.cancel_jobs_before(engine.version)
-        if self.signs is not None and self.diffs.shape[1]:
+        if self.kept[0] is not None:
             # Workers need the signs only to finish the next epoch's order: compute them
             # while the workers run the next step, unless that step starts a new epoch.
             self.deferred_epoch = r.epoch
@@ -83,17 +84,13 @@ class FastestK(Method):
         """Finish work kept off the critical path: the last round's CD-GraB signs."""
         if self.deferred_epoch < 0:
             return
-        eps = self.signs.signs(self.diffs, self.deferred_epoch)
+        # (results arrive in any order; the sign loop takes them by worker rank)
+        eps = self.signs.signs(tuple(r.pairs for r in self.kept), self.deferred_epoch)
         for j in range(1, self.n_workers + 1):
             engine.send_signs(j, eps[j - 1])
+            engine.recycle(self.kept[j - 1])
+        self.kept = [None] * self.n_workers
         self.deferred_epoch = -1
-
-    def _keep_pairs(self, r) -> None:
-        # results arrive in any order; the sign loop needs them by worker rank
-        q, d = r.pairs.shape
-        if self.diffs is None or self.diffs.shape[1:] != (q, d):
-            self.diffs = np.empty((self.n_workers, q, d))
-        self.diffs[r.worker - 1] = r.pairs
 
     # An update always closes a round, and checkpoints happen between updates, so the
     # partial sum is empty whenever state is saved.

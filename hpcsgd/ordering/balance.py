@@ -441,15 +441,27 @@ class CoordinatedSigns:
         self.s = np.zeros(0)
         self.epoch = -1
 
-    def signs(self, diffs: np.ndarray, epoch: int) -> np.ndarray:
-        """Signs for pair differences [M, Q, d] of the given epoch, in place order."""
-        if diffs.ndim != 3:
-            raise ValueError(f"cd_grab signs need pair differences [M, Q, d], got shape {diffs.shape}")
-        if epoch != self.epoch or self.s.size != diffs.shape[2]:
-            self.s = np.zeros(diffs.shape[2])
+    def signs(self, diffs, epoch: int) -> np.ndarray:
+        """Signs for the pair differences of the given epoch, in place order: one
+        [M, Q, d] array, or a tuple of M [Q, d] arrays (float64 or float32, read where
+        they are: the master passes its result buffers)."""
+        if isinstance(diffs, np.ndarray):
+            if diffs.ndim != 3:
+                raise ValueError(f"cd_grab signs need pair differences [M, Q, d], got shape {diffs.shape}")
+            rows = diffs if diffs.dtype in (np.float32, np.float64) else diffs.astype(np.float64)
+            rows = np.ascontiguousarray(rows)
+        else:
+            rows = tuple(np.ascontiguousarray(a) for a in diffs)
+            if len({(a.shape, a.dtype) for a in rows}) != 1 or rows[0].ndim != 2 \
+                    or rows[0].dtype not in (np.float32, np.float64):
+                raise ValueError(f"cd_grab signs need M float arrays [Q, d] of one shape and type, got "
+                                 f"{[(a.shape, str(a.dtype)) for a in rows]}")
+        M, Q, d = len(rows), rows[0].shape[0], rows[0].shape[1]
+        if epoch != self.epoch or self.s.size != d:
+            self.s = np.zeros(d)
             self.epoch = epoch
-        eps = np.empty(diffs.shape[:2], dtype=np.int8)
-        cd_grab_signs(self.s, np.ascontiguousarray(diffs, dtype=np.float64), eps)
+        eps = np.empty((M, Q), dtype=np.int8)
+        cd_grab_signs(self.s, rows, eps)
         return eps
 
     def state_dict(self) -> dict:
