@@ -29,6 +29,7 @@ evaluation reply holds one row per hosted worker.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -91,8 +92,15 @@ def pair_slots(count: int, pair_d: int, pair_dtype=np.float64) -> int:
     return -(-count * pair_d * np.dtype(pair_dtype).itemsize // 8)
 
 
+@functools.cache
+def _no_pairs(pair_d: int, pair_dtype) -> np.ndarray:
+    return np.empty((0, pair_d), dtype=pair_dtype)
+
+
 def pair_view(buf: np.ndarray, start: int, count: int, pair_d: int, pair_dtype=np.float64) -> np.ndarray:
     """The [count, pair_d] pair differences stored in ``buf`` from slot ``start``."""
+    if not count:  # (most results: one shared empty array, no views to make)
+        return _no_pairs(pair_d, np.dtype(pair_dtype))
     raw = buf[start:start + pair_slots(count, pair_d, pair_dtype)]
     return raw.view(pair_dtype)[:count * pair_d].reshape(count, pair_d)
 
@@ -184,6 +192,7 @@ class MasterTransport:
         self.job_bufs: dict[tuple[int, int], np.ndarray] = {}  # (batch, flags) -> this version's
         self.job_bufs_version = -1
         self.retired_bufs: list[np.ndarray] = []  # older versions' buffers, reusable once unused
+        self.params_buf: np.ndarray | None = None  # the job buffer the model itself lives in (params_buffer)
         self.spare_bufs: list[np.ndarray] = []
         self.free_bufs: list[np.ndarray] = []     # result buffers
         self.recv_bufs: dict[int, np.ndarray] = {}
@@ -225,6 +234,23 @@ class MasterTransport:
                 self.spare_bufs.append(buf)
         self.retired_bufs = keep
 
+    def _spare(self) -> np.ndarray:
+        if not self.spare_bufs:
+            self.reap()  # refills the spares from retired buffers now unused
+        return self.spare_bufs.pop() if self.spare_bufs else np.empty(JOB_HEADER + self.d)
+
+    def params_buffer(self) -> np.ndarray:
+        """Where an out-of-place step writes the next model (``ParameterState.step``):
+        the payload of a job buffer, which the first job message at the new version
+        then is, with no copy of the model.  The buffer the model was in is retired
+        unless a job message uses it (it is reused only once nothing sends or holds it)."""
+        buf = self._spare()
+        old = self.params_buf
+        if old is not None and all(b is not old for b in self.job_bufs.values()):
+            self.retired_bufs.append(old)  # (read by the step about to run: reap has run already)
+        self.params_buf = buf
+        return buf[JOB_HEADER:]
+
     def job_message(self, params: np.ndarray, version: int, batch: int, preemptible: bool) -> np.ndarray:
         """The job message for (version, batch, preemptible), shared by every job of that
         version.  Isend needs a buffer nobody writes to until it completes, and the model
@@ -237,11 +263,13 @@ class MasterTransport:
             self.job_bufs_version = version
         buf = self.job_bufs.get((batch, flags))
         if buf is None:
-            if not self.spare_bufs:
-                self.reap()  # refills the spares from retired buffers now unused
-            buf = self.spare_bufs.pop() if self.spare_bufs else np.empty(JOB_HEADER + self.d)
+            own = self.params_buf
+            if own is not None and params.base is own and all(b is not own for b in self.job_bufs.values()):
+                buf = own  # the step wrote this version's model into it
+            else:
+                buf = self._spare()
+                buf[JOB_HEADER:] = params
             buf[J_VERSION], buf[J_BATCH], buf[J_FLAGS] = version, batch, flags
-            buf[JOB_HEADER:] = params
             self.job_bufs[batch, flags] = buf
         return buf
 

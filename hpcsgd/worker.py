@@ -107,7 +107,8 @@ class Worker:
             loss_sum, n_pairs = self._balance_batch(w, idx, grad)
         else:
             loss_sum = self.model.grad_sum(w, self.X, self.y, idx, grad)
-            grad *= 1.0 / idx.size
+            if idx.size > 1:  # (x * 1.0 is x: a batch of one skips a pass over d)
+                grad *= 1.0 / idx.size
         self.model.reg_grad_add(w, grad)
         compute = time.perf_counter() - t
         duration = delay_comm + delay_compute

@@ -107,9 +107,9 @@ def raw_async(comm, d: int, rounds: int, X=None, lr: float = 1e-9) -> float:
             j = MPI.Request.Waitany(recvs)
             sends[j].Wait()  # the previous reply to this worker has left its buffer
             if k < rounds:
-                if X is not None:
-                    optim.sgd_step(w, bufs[j], lr, 1.0)
-                    outs[j][:] = w
+                if X is not None:  # the step writes the reply (out of place, as the engine's)
+                    optim.sgd_step(w, bufs[j], lr, 1.0, outs[j])
+                    w = outs[j]
                 sends[j] = comm.Isend(outs[j], dest=j + 1, tag=TAG_DOWN)
                 recvs[j] = comm.Irecv(bufs[j], source=j + 1, tag=TAG_UP)
             else:

@@ -75,10 +75,9 @@ class Engine:
                                       pair_d=model.dim, pair_dtype=order["pair_dtype"])
         self.scheduler = Scheduler(shard_sizes, self.clock, message=self.link.job_message, send_job=self.link.send_job,
                                    load=self.recorder, recycle=self.link.recycle,
-                                   observe=None if self.clock.simulated else method.observe,
+                                   observe=None if self.clock.simulated or not method.watches_replies else method.observe,
                                    withdraws=self.clock.withdraws_unsent and servers is None and not follower)
         self.state = ParameterState(dim, cfg["method"]["momentum"], cfg["model"]["l1"])
-        self.params = self.state.params
         self.evaluation = Evaluation(self.link, model, cfg["model"]["l1"], self.recorder, self.clock)
         self.watch = Watch(stop, run["worker_timeout"], run["stop_timeout"],
                            list(hosts) if hosts else ["?"] * (self.M + 1), self.scheduler)
@@ -113,7 +112,8 @@ class Engine:
         lr = self.lr if step_size is None else step_size
         # rank 0 decides on its slice; another server's non-finite slice shows in the
         # next evaluation's loss (a follower must not stop on its own)
-        if not self.state.step(grad, lr, scale, block) and self.records:
+        # the step writes the new model straight into the next job message
+        if not self.state.step(grad, lr, scale, block, self.link.params_buffer()) and self.records:
             raise DivergenceError(f"non-finite gradient at update {self.version + 1}")
         self.version += 1
         if self.costs:
@@ -130,6 +130,10 @@ class Engine:
         if self.records:
             self.recorder.update(row)
         self.updated = True
+
+    @property
+    def params(self) -> np.ndarray:
+        return self.state.params  # (moves to a new array at every full step)
 
     # cancel_jobs_before, send_signs, queued and at_epoch_end are the parts' own methods,
     # bound in __init__ (a method calls them on every update)

@@ -12,7 +12,12 @@ from hpcsgd.kernels.regularizers import prox_l1
 class ParameterState:
     """w -= lr * scale * g (with momentum beta > 0 the heavy ball m = beta m + scale g,
     w -= lr m), then the l1 prox with threshold lr * l1; with ``block`` only those
-    coordinates move (block-coordinate methods hand over the block's gradient)."""
+    coordinates move (block-coordinate methods hand over the block's gradient).
+
+    A step may be taken out of place, ``into`` an array nobody else reads (the payload
+    of the next job message): that array becomes ``params`` and the old one is left
+    untouched (it may still be on its way to a worker), so the new model is written
+    once and never copied to be sent."""
 
     def __init__(self, dim: int, momentum: float = 0.0, l1: float = 0.0):
         self.params = np.zeros(dim)
@@ -20,17 +25,24 @@ class ParameterState:
         self.beta = momentum
         self.l1 = l1
 
-    def step(self, grad: np.ndarray, lr: float, scale: float = 1.0, block: slice | None = None) -> bool:
+    def step(self, grad: np.ndarray, lr: float, scale: float = 1.0, block: slice | None = None,
+             into: np.ndarray | None = None) -> bool:
         """One step; False if the gradient was not finite.  Scaling inside the fused
         kernel saves a pass over d when a method hands over a sum rather than a mean."""
-        params = self.params if block is None else self.params[block]
+        params, out, momentum = self.params, self.params if into is None else into, self.momentum
+        if block is not None:
+            if into is not None:
+                into[:] = params  # the coordinates outside the block carry over
+            params = out = out[block]
+            momentum = momentum[block]
         if self.beta > 0.0:
-            momentum = self.momentum if block is None else self.momentum[block]
-            finite = heavy_ball_step(params, momentum, grad, lr, self.beta, scale)
+            finite = heavy_ball_step(params, momentum, grad, lr, self.beta, scale, out)
         else:
-            finite = sgd_step(params, grad, lr, scale)
+            finite = sgd_step(params, grad, lr, scale, out)
+        if into is not None:
+            self.params = into
         if finite and self.l1 > 0.0:
-            prox_l1(params, lr * self.l1)
+            prox_l1(out, lr * self.l1)
         return finite
 
     def state_dict(self) -> dict:

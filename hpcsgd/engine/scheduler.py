@@ -154,9 +154,10 @@ class Scheduler:
         the master together."""
         jobs = [self._create(a, params, version) for a in assignments]
         self.clock.sent(jobs)
-        for job in jobs:
-            if self._first_running(job.worker) is job:
-                self._track(job.worker)
+        if self.clock.simulated:
+            for job in jobs:
+                if self._first_running(job.worker) is job:
+                    self._track(job.worker)
 
     def _create(self, a: Assignment, params: np.ndarray, version: int) -> Job:
         worker = a.worker
@@ -210,7 +211,9 @@ class Scheduler:
         """A result arrived: put it on its job, then onto the event queue (or forget
         the job if it was cancelled), and send what the worker has room for."""
         worker = r.worker
-        job = next(j for j in self.jobs[worker] if j.result is None)
+        for job in self.jobs[worker]:  # its first job without a result (FIFO)
+            if job.result is None:
+                break
         assert job.version == r.version and job.batch == r.batch and not job.held, (
             f"worker {worker} answered (v{r.version}, b{r.batch}), expected (v{job.version}, b{job.batch})")
         now = time.monotonic()
@@ -223,7 +226,8 @@ class Scheduler:
         assert job.cancelled or not (r.abandoned or r.samples == 0), (
             f"worker {worker} dropped job v{job.version} that is still live")
         key, samples, messages = self.clock.arrived(job, r)
-        self._track(worker)
+        if self.clock.simulated:
+            self._track(worker)
         if self.observe is not None:
             self.observe(job, r)
         if key is None:
@@ -264,7 +268,10 @@ class Scheduler:
         heapq.heapify(self.ready)
 
     def _find(self, worker: int, seq: int) -> Job | None:
-        return next((j for j in self.jobs[worker] if j.seq == seq), None)
+        for job in self.jobs[worker]:
+            if job.seq == seq:
+                return job
+        return None
 
     # ---------------------------------------------------------------- events
     def event_ready(self) -> bool:

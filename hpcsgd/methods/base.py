@@ -23,6 +23,11 @@ class Method:
     def observe(self, job: JobTimes, r: Result) -> None:
         """Wall clock: every reply as it arrives, cancelled jobs' included."""
 
+    @property
+    def watches_replies(self) -> bool:
+        """It overrides ``observe`` (the engine calls it only then)."""
+        return type(self).observe is not Method.observe
+
     def flush(self, engine: Engine) -> None:
         """Finish work kept off the critical path (called after sending jobs and before
         every checkpoint)."""
