@@ -72,3 +72,22 @@ def test_mirror_epoch_is_the_slowest_workers_progress():
     assert mirror.epoch() == 0.5
     mirror.take(2, 4)
     assert mirror.epoch() == 1.0
+
+
+def test_mirror_epoch_follows_every_take_and_undo():
+    # the minimum is recomputed only when the slowest worker moves (or a take is undone):
+    # after any sequence it equals the minimum over all workers computed from scratch
+    rng = np.random.default_rng(5)
+    sizes = [5, 7, 3, 9]
+    mirror = EpochMirror(sizes)
+    undo = []
+    for _ in range(400):
+        w = int(rng.integers(1, 5))
+        if undo and rng.random() < 0.2:
+            w, position = undo.pop()
+            mirror.restore(w, position)
+        else:
+            undo.append((w, mirror.position(w)))
+            mirror.take(w, int(rng.integers(0, 4)))
+        want = min(s - 1 + p / n if s > 0 else 0.0 for s, p, n in zip(mirror.started, mirror.pos, sizes))
+        assert mirror.epoch() == want

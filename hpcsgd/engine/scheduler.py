@@ -73,6 +73,7 @@ class EpochMirror:
         self.pos = list(self.sizes)  # "at the end of epoch 0": the first take starts epoch 1
         self.started = [0] * len(sizes)
         self._epoch = 0.0
+        self._slowest = -1  # the worker behind ``_epoch``: only its takes can raise the minimum
         self._stale = True
 
     def position(self, worker: int) -> tuple[int, int]:
@@ -93,7 +94,8 @@ class EpochMirror:
             self.started[i] += 1
         actual = min(batch or size, size - self.pos[i])
         self.pos[i] += actual
-        self._stale = True
+        if i == self._slowest:  # (another worker's progress leaves the minimum as it is)
+            self._stale = True
         return actual
 
     def at_epoch_end(self) -> bool:
@@ -103,8 +105,9 @@ class EpochMirror:
     def epoch(self) -> float:
         """Passes completed by the slowest worker (fractional)."""
         if self._stale:
-            self._epoch = min(s - 1 + p / n if s > 0 else 0.0
-                              for s, p, n in zip(self.started, self.pos, self.sizes))
+            passes = [s - 1 + p / n if s > 0 else 0.0 for s, p, n in zip(self.started, self.pos, self.sizes)]
+            self._epoch = min(passes)
+            self._slowest = passes.index(self._epoch)
             self._stale = False
         return self._epoch
 
@@ -144,6 +147,7 @@ class Scheduler:
         self.running: list[tuple] = []
         self.unanswered = [0] * (M + 1)     # jobs sent, reply not yet here
         self.held = [0] * (M + 1)           # jobs waiting here to be sent
+        self.n_held = 0                     # their sum
         self.last_heard = [time.monotonic()] * (M + 1)
         self.turnaround = [0.0] * (M + 1)   # smoothed send-to-reply seconds
 
@@ -175,6 +179,7 @@ class Scheduler:
         else:
             job.buf = buf
             self.held[worker] += 1
+            self.n_held += 1
         return job
 
     def _send_held(self, worker: int) -> None:
@@ -185,6 +190,7 @@ class Scheduler:
                 job.buf = None
                 job.sent_at = time.monotonic()
                 self.held[worker] -= 1
+                self.n_held -= 1
                 self.unanswered[worker] += 1
                 if self.unanswered[worker] >= SEND_WINDOW or not self.held[worker]:
                     return
@@ -199,10 +205,11 @@ class Scheduler:
                 self.mirror.restore(worker, job.undo)
                 self.load.messages -= 1
                 self.held[worker] -= 1
+                self.n_held -= 1
                 job.buf = None
 
     def held_buffers(self) -> list[np.ndarray] | tuple:
-        if not any(self.held):
+        if not self.n_held:
             return ()
         return [j.buf for q in self.jobs.values() for j in q if j.held]
 
