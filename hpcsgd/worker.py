@@ -48,6 +48,7 @@ class WorkerRank:
             elif kind == T.TAG_SIGNS:
                 hosted[slot].place_signs()
             elif kind == T.TAG_RELEASE:
+                link.finish_sends()
                 return link.exit_status()
             else:
                 raise RuntimeError(f"worker rank {link.comm.Get_rank()}: unexpected message tag {kind}")
