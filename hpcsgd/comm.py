@@ -52,6 +52,14 @@ class Backoff:
         # with this cap).  Long waits still sleep up to max_sleep.
         self.sleep = min(self.sleep * 2.0, self.max_sleep, max(20e-6, self.expected / 16))
 
+    def progress(self) -> None:
+        """Something arrived but the wait goes on (the simulated clock waiting for the
+        earliest of many replies, a drain): spin again as at a wait's start.  A stream
+        of large messages moves only while both ends poll; measured with 1,000 virtual
+        workers on 2 ranks, sync: sleeping on through the stream 37 s for 20 rounds,
+        short sleeps again after each arrival 20 s, spinning again 6 s."""
+        self.done()
+
     def done(self) -> None:
         if self.started is not None:
             waited = time.perf_counter() - self.started

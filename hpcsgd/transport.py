@@ -87,16 +87,20 @@ EVAL_HEADER = 7
 
 SPARE_BUFFERS = 4  # job buffers of past versions kept for reuse
 # Results a worker rank may have on their way at once (its ring of reply buffers, and
-# the receives rank 0 keeps posted for it): twice the workers it hosts, at most 16 and
-# at most 64 MB of buffers.  A rank hosting many virtual workers then computes on while
-# rank 0 is busy or asleep, instead of waiting in a send for each reply to be taken
-# (measured: 3.5 ms per reply with one receive and blocking sends, M = 1,000 on 2 ranks).
+# the receives rank 0 keeps posted for it): one for a rank hosting one worker (which
+# then waits for each reply to be taken, as with a blocking send: two were slower at
+# d = 1e6, 153-170 against 177-184 async updates/s), else twice the workers it hosts, at
+# most 16 and at most 64 MB of buffers.  A rank hosting many virtual workers then
+# computes on while rank 0 is busy, instead of waiting in a send for each reply to be
+# taken (measured with one: 3.5 ms per reply, M = 1,000 on 2 ranks).
 RESULTS_IN_FLIGHT = 16
 RESULT_BYTES_IN_FLIGHT = 64 << 20
 
 
 def results_in_flight(hosted: int, result_length: int) -> int:
     """Reply buffers of a worker rank hosting ``hosted`` workers (= receives posted for it)."""
+    if hosted == 1:
+        return 1
     return max(1, min(2 * hosted, RESULTS_IN_FLIGHT, RESULT_BYTES_IN_FLIGHT // (8 * result_length)))
 
 
@@ -456,6 +460,10 @@ class WorkerTransport:
 
     def receive(self) -> tuple[int, int]:
         """Block politely for the next master message; returns its (kind, slot)."""
+        if not self.comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=self.status):
+            # nothing to do but wait: first see the replies through (a large one moves
+            # only while this rank polls, and the wait below sleeps)
+            self.finish_sends()
         while not self.comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=self.status):
             self.backoff.wait()
         self.backoff.done()
@@ -486,7 +494,7 @@ class WorkerTransport:
 
     def _use(self, reply: _ReplyBuffers) -> None:
         """The next job's result goes into ``reply``: ``grad`` and ``pair_slot`` are its."""
-        C.wait_all(reply.sends)  # (its last sends, ``len(ring)`` replies ago)
+        MPI.Request.Waitall(reply.sends)  # (its sends of ``len(ring)`` replies ago, as a blocking Send waits)
         reply.sends = []
         self.reply_bufs = reply
         self.out = reply.out
@@ -495,7 +503,7 @@ class WorkerTransport:
     def finish_sends(self) -> None:
         """Complete every reply on its way (before the rank leaves)."""
         for reply in self.ring:
-            C.wait_all(reply.sends)
+            MPI.Request.Waitall(reply.sends)
             reply.sends = []
 
     def pair_slot(self, count: int) -> np.ndarray:

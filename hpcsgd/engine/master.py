@@ -277,10 +277,7 @@ class Engine:
         idle = 0
         while not done():
             if self._poll():
-                # messages are flowing: spin again rather than sleep on (a large message
-                # moves only while both ends poll; measured: sleeping through a stream of
-                # replies took 2 s a round, M = 1,000 on 2 ranks)
-                backoff.done()
+                backoff.progress()
                 continue
             idle += 1
             if idle % 16 == 0:  # the clocks are looked at now and then, not on every poll
@@ -301,7 +298,7 @@ class Engine:
         backoff = backoff or C.Backoff()
         while not done():
             if self._poll():
-                backoff.done()  # (as in _wait: a flowing stream is not slept through)
+                backoff.progress()
             else:
                 backoff.wait()
         backoff.done()
