@@ -269,6 +269,10 @@ class MasterTransport:
             self.reap()  # refills the spares from retired buffers now unused
         return self.spare_bufs.pop() if self.spare_bufs else np.empty(JOB_HEADER + self.d)
 
+    def _in_job_message(self, buf: np.ndarray) -> bool:
+        """``buf`` is a job message of the current version already."""
+        return any(b is buf for b in self.job_bufs.values())
+
     def params_buffer(self) -> np.ndarray:
         """Where an out-of-place step writes the next model (``ParameterState.step``):
         the payload of a job buffer, which the first job message at the new version
@@ -276,7 +280,7 @@ class MasterTransport:
         unless a job message uses it (it is reused only once nothing sends or holds it)."""
         buf = self._spare()
         old = self.params_buf
-        if old is not None and all(b is not old for b in self.job_bufs.values()):
+        if old is not None and not self._in_job_message(old):
             self.retired_bufs.append(old)  # (read by the step about to run: reap has run already)
         self.params_buf = buf
         return buf[JOB_HEADER:]
@@ -294,7 +298,7 @@ class MasterTransport:
         buf = self.job_bufs.get((batch, flags))
         if buf is None:
             own = self.params_buf
-            if own is not None and params.base is own and all(b is not own for b in self.job_bufs.values()):
+            if own is not None and params.base is own and not self._in_job_message(own):
                 buf = own  # the step wrote this version's model into it
             else:
                 buf = self._spare()
@@ -425,6 +429,11 @@ class _ReplyBuffers:
         self.slices = [np.empty(n) for n in slices]
         self.sends: list[MPI.Request] = []
 
+    def wait(self) -> None:
+        """Complete its sends (as a blocking Send would wait for them)."""
+        MPI.Request.Waitall(self.sends)
+        self.sends = []
+
 
 class WorkerTransport:
     """A worker rank's side, shared by the workers it hosts: it takes the master's
@@ -450,8 +459,7 @@ class WorkerTransport:
         lead_len = RESULT_HEADER + self.own.stop + pair_slots(pair_differences, d, self.pair_dtype) \
             if servers and pair_differences else None
         slices = [RESULT_HEADER + part.stop - part.start for _, part in self.servers]
-        self.ring = [_ReplyBuffers(out_len, lead_len, slices)
-                     for _ in range(results_in_flight(hosted, result_length(d, pair_differences, d, self.pair_dtype)))]
+        self.ring = [_ReplyBuffers(out_len, lead_len, slices) for _ in range(results_in_flight(hosted, out_len))]
         self.turn = 0
         self._use(self.ring[0])
         self.eval_out = np.empty((hosted, EVAL_HEADER + d))   # a row per hosted worker
@@ -464,9 +472,9 @@ class WorkerTransport:
             # nothing to do but wait: first see the replies through (a large one moves
             # only while this rank polls, and the wait below sleeps)
             self.finish_sends()
-        while not self.comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=self.status):
-            self.backoff.wait()
-        self.backoff.done()
+            while not self.comm.Iprobe(source=0, tag=MPI.ANY_TAG, status=self.status):
+                self.backoff.wait()
+            self.backoff.done()
         tag = self.status.Get_tag()
         self.comm.Recv(self.inbox, source=0, tag=tag)
         kind = tag_kind(tag)
@@ -494,17 +502,15 @@ class WorkerTransport:
 
     def _use(self, reply: _ReplyBuffers) -> None:
         """The next job's result goes into ``reply``: ``grad`` and ``pair_slot`` are its."""
-        MPI.Request.Waitall(reply.sends)  # (its sends of ``len(ring)`` replies ago, as a blocking Send waits)
-        reply.sends = []
+        reply.wait()  # (its sends of ``len(ring)`` replies ago)
         self.reply_bufs = reply
         self.out = reply.out
         self.grad = reply.out[RESULT_HEADER:RESULT_HEADER + self.d]  # where the mean gradient goes
 
     def finish_sends(self) -> None:
-        """Complete every reply on its way (before the rank leaves)."""
+        """Complete every reply on its way (before the rank idles or leaves)."""
         for reply in self.ring:
-            MPI.Request.Waitall(reply.sends)
-            reply.sends = []
+            reply.wait()
 
     def pair_slot(self, count: int) -> np.ndarray:
         """Where ``count`` pair differences go, after the gradient: [count, d] of

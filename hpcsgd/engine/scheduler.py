@@ -233,8 +233,7 @@ class Scheduler:
         assert job.cancelled or not (r.abandoned or r.samples == 0), (
             f"worker {worker} dropped job v{job.version} that is still live")
         key, samples, messages = self.clock.arrived(job, r)
-        if self.clock.simulated:
-            self._track(worker)
+        self._track(worker)
         if self.observe is not None:
             self.observe(job, r)
         if key is None:
